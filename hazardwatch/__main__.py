@@ -1,0 +1,5 @@
+import sys
+
+from hazardwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,218 @@
+"""The park as the running service sees it: a compiled, read-only view of the site file.
+
+Stages look sensors up by (enterprise, tag) or by registry id, read each sensor's effective
+limits (standard defaults applied), and ask which units sit above an enterprise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from park.gases import lookup_gas, normalise_unit
+from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Unit
+from park.types import Level
+
+DEFAULT_INTERVAL = timedelta(seconds=60)
+
+# GB/T 50493-2019: combustible first level <= 25 %LEL, second <= 50 %LEL.
+COMBUSTIBLE_LIMITS = (25.0, 50.0)
+# Common practice for oxygen: deficiency below 19.5 %VOL, enrichment above 23.5 %VOL.
+OXYGEN_LIMITS = (19.5, 23.5)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    hh: float | None = None
+    h: float | None = None
+    l: float | None = None  # noqa: E741
+    ll: float | None = None
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(k, v) for k in ("hh", "h", "l", "ll") if (v := getattr(self, k)) is not None]
+
+
+def effective_limits(s: Sensor) -> EffectiveLimits:
+    """The sensor's own limits over the standard defaults of its kind."""
+    base: dict[str, float | None] = {}
+    if s.kind is SensorKind.GAS_COMBUSTIBLE:
+        base = {"h": COMBUSTIBLE_LIMITS[0], "hh": COMBUSTIBLE_LIMITS[1]}
+    elif s.kind is SensorKind.OXYGEN:
+        base = {"l": OXYGEN_LIMITS[0], "h": OXYGEN_LIMITS[1]}
+    elif s.kind is SensorKind.GAS_TOXIC and s.gas:
+        gas = lookup_gas(s.gas)
+        unit = normalise_unit(s.unit or "mg/m3")
+        if gas is not None and unit in ("mg/m3", "ppm"):
+            first, second = gas.limits(unit)
+            base = {"h": round(first, 4), "hh": round(second, 4)}
+    if s.limits is not None:
+        base.update({k: v for k, v in s.limits.model_dump().items() if v is not None})
+    return EffectiveLimits(**base)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """One sensor with everything the stages need, resolved once at start-up."""
+
+    id: int
+    enterprise: str
+    town: str
+    district: str
+    tag: str
+    kind: SensorKind
+    name: str
+    unit: str
+    limits: EffectiveLimits
+    gas: str | None = None
+    hazard_source: str | None = None
+    hazard_grade: int | None = None
+    range_lo: float | None = None
+    range_hi: float | None = None
+    deadband: float | None = None
+    on_delay: timedelta | None = None
+    off_delay: timedelta | None = None
+    interval: timedelta = DEFAULT_INTERVAL
+    rise_per_min: float | None = None
+    fall_per_min: float | None = None
+    trend_horizon: timedelta | None = None
+    trend_window: timedelta | None = None
+    latching: bool = False
+    in_service: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.tag
+
+
+@dataclass(frozen=True, slots=True)
+class UnitInfo:
+    code: str
+    level: Level
+    name: str
+    parent: str | None
+    contacts: tuple[Contact, ...]
+    robot_key: str | None
+
+
+@dataclass(slots=True)
+class Park:
+    """Read-only lookups over the site; build with :meth:`from_site`."""
+
+    site: Site
+    sensors: list[SensorSpec]
+    units: dict[str, UnitInfo]
+    enterprises: dict[str, Enterprise]
+    by_key: dict[tuple[str, str], SensorSpec] = field(default_factory=dict)
+    by_id: dict[int, SensorSpec] = field(default_factory=dict)
+
+    @classmethod
+    def from_site(cls, site: Site, ids: Mapping[tuple[str, str], int] | None = None) -> Park:
+        """Compile ``site``; ``ids`` maps (enterprise, tag) to registry ids (else 1..N in file order)."""
+        sensors: list[SensorSpec] = []
+        units: dict[str, UnitInfo] = {}
+        enterprises: dict[str, Enterprise] = {}
+        n = 0
+        for d in site.districts:
+            units[d.code] = _unit(d, "district", None)
+            for t in d.towns:
+                units[t.code] = _unit(t, "town", d.code)
+                for e in t.enterprises:
+                    units[e.code] = _unit(e, "enterprise", t.code)
+                    enterprises[e.code] = e
+                    grades = {h.code: h.grade for h in e.hazard_sources}
+                    for s in e.sensors:
+                        n += 1
+                        sid = ids[(e.code, s.tag)] if ids is not None else n
+                        sensors.append(_spec(sid, s, e.code, t.code, d.code, grades))
+        park = cls(site=site, sensors=sensors, units=units, enterprises=enterprises)
+        park.by_key = {(s.enterprise, s.tag): s for s in sensors}
+        park.by_id = {s.id: s for s in sensors}
+        return park
+
+    def sensor(self, enterprise: str, tag: str) -> SensorSpec | None:
+        return self.by_key.get((enterprise, tag))
+
+    def chain(self, code: str) -> list[UnitInfo]:
+        """The unit and every unit above it, nearest first (enterprise, town, district)."""
+        out = []
+        cur: str | None = code
+        while cur is not None:
+            u = self.units[cur]
+            out.append(u)
+            cur = u.parent
+        return out
+
+    def unit_at(self, enterprise: str, level: Level) -> UnitInfo:
+        """The unit of ``level`` responsible for ``enterprise``."""
+        for u in self.chain(enterprise):
+            if u.level == level:
+                return u
+        raise KeyError(f"no {level} above {enterprise}")
+
+    def in_scope(self, unit_code: str, enterprise: str) -> bool:
+        """Whether ``unit_code``'s subtree contains ``enterprise`` (tokens, filters)."""
+        return enterprise in self.units and any(u.code == unit_code for u in self.chain(enterprise))
+
+    def enterprises_under(self, unit_code: str) -> list[str]:
+        return [e for e in self.enterprises if self.in_scope(unit_code, e)]
+
+    def enterprise_state(self, code: str) -> EnterpriseState:
+        return self.enterprises[code].state
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "districts": sum(1 for u in self.units.values() if u.level == "district"),
+            "towns": sum(1 for u in self.units.values() if u.level == "town"),
+            "enterprises": len(self.enterprises),
+            "hazard_sources": sum(len(e.hazard_sources) for e in self.enterprises.values()),
+            "sensors": len(self.sensors),
+        }
+
+    def kinds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.sensors:
+            out[s.kind.value] = out.get(s.kind.value, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _unit(u: Unit, level: Level, parent: str | None) -> UnitInfo:
+    key = u.wecom_robot.key.get_secret_value() if u.wecom_robot else None
+    return UnitInfo(u.code, level, u.name, parent, tuple(u.contacts), key)
+
+
+def _spec(
+    sid: int, s: Sensor, ent: str, town: str, district: str, grades: Mapping[str, int]
+) -> SensorSpec:
+    return SensorSpec(
+        id=sid,
+        enterprise=ent,
+        town=town,
+        district=district,
+        tag=s.tag,
+        kind=s.kind,
+        name=s.name or s.tag,
+        unit=s.unit or s.kind.default_unit,
+        limits=effective_limits(s),
+        gas=s.gas,
+        hazard_source=s.hazard_source,
+        hazard_grade=grades.get(s.hazard_source) if s.hazard_source else None,
+        range_lo=s.range.lo if s.range else None,
+        range_hi=s.range.hi if s.range else None,
+        deadband=s.deadband,
+        on_delay=s.on_delay,
+        off_delay=s.off_delay,
+        interval=s.interval or DEFAULT_INTERVAL,
+        rise_per_min=s.rate.rise_per_min if s.rate else None,
+        fall_per_min=s.rate.fall_per_min if s.rate else None,
+        trend_horizon=s.trend.horizon if s.trend and s.trend.enabled else None,
+        trend_window=s.trend.window if s.trend and s.trend.enabled else None,
+        latching=bool(s.latching),
+        in_service=s.in_service,
+    )
+
+
+def sensor_keys(site: Site) -> Iterable[tuple[str, str]]:
+    for _d, _t, e in site.walk():
+        for s in e.sensors:
+            yield e.code, s.tag

@@ -1,0 +1,480 @@
+"""Typed models of the site file (CONTRACT §2): district -> town -> enterprise -> sensors.
+
+Structure and types are checked by pydantic (unknown keys forbidden); meaning — duplicate codes,
+missing or disordered limits, unknown gases and hazard sources, unreachable contacts — is
+checked by :func:`semantic_problems`, which reports each with the path of the offending node so
+the loader can give its line.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+
+from park.durations import format_duration, parse_duration
+from park.gases import lookup_gas, normalise_unit
+from park.types import LEVELS, Level, Severity
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(lambda v: v if isinstance(v, timedelta) else parse_duration(v)),
+    PlainSerializer(format_duration, return_type=str),
+]
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+# A tag is the enterprise's own point tag (位号); it becomes an MQTT topic level.
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^/+#\s]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SensorKind(enum.StrEnum):
+    GAS_COMBUSTIBLE = "gas_combustible"
+    GAS_TOXIC = "gas_toxic"
+    OXYGEN = "oxygen"
+    TANK_LEVEL = "tank_level"
+    TEMPERATURE = "temperature"
+    PRESSURE = "pressure"
+    FLOW = "flow"
+    DUST_DP = "dust_dp"  # dust-collector inlet/outlet differential pressure
+    DUST_HOPPER_TEMP = "dust_hopper_temp"
+    POWER = "power"  # whole-enterprise or line load, kW
+    SPARK_DETECTOR = "spark_detector"  # boolean: 1 = spark seen
+    FAULT_SIGNAL = "fault_signal"  # boolean: 1 = fault (airlock, ash discharge, interlock)
+    RUN_STATE = "run_state"  # boolean: 1 = running (fans, dust removal, pumps); never alarms itself
+
+    @property
+    def is_gas(self) -> bool:
+        return self in (SensorKind.GAS_COMBUSTIBLE, SensorKind.GAS_TOXIC, SensorKind.OXYGEN)
+
+    @property
+    def is_boolean(self) -> bool:
+        return self in (SensorKind.SPARK_DETECTOR, SensorKind.FAULT_SIGNAL, SensorKind.RUN_STATE)
+
+    @property
+    def needs_limits(self) -> bool:
+        return not self.is_gas and not self.is_boolean
+
+    @property
+    def default_unit(self) -> str:
+        return _DEFAULT_UNITS.get(self, "")
+
+    @property
+    def zh(self) -> str:
+        return _KIND_ZH[self]
+
+
+_DEFAULT_UNITS = {
+    SensorKind.GAS_COMBUSTIBLE: "%LEL", SensorKind.GAS_TOXIC: "mg/m3", SensorKind.OXYGEN: "%VOL",
+    SensorKind.TANK_LEVEL: "m", SensorKind.TEMPERATURE: "°C", SensorKind.PRESSURE: "MPa",
+    SensorKind.FLOW: "m3/h", SensorKind.DUST_DP: "Pa", SensorKind.DUST_HOPPER_TEMP: "°C",
+    SensorKind.POWER: "kW",
+}
+_KIND_ZH = {
+    SensorKind.GAS_COMBUSTIBLE: "可燃气体", SensorKind.GAS_TOXIC: "有毒气体", SensorKind.OXYGEN: "氧气",
+    SensorKind.TANK_LEVEL: "储罐液位", SensorKind.TEMPERATURE: "温度", SensorKind.PRESSURE: "压力",
+    SensorKind.FLOW: "流量", SensorKind.DUST_DP: "除尘器压差", SensorKind.DUST_HOPPER_TEMP: "灰斗温度",
+    SensorKind.POWER: "用电负荷", SensorKind.SPARK_DETECTOR: "火花探测", SensorKind.FAULT_SIGNAL: "故障信号",
+    SensorKind.RUN_STATE: "运行状态",
+}
+
+
+class Limits(Strict):
+    """Process alarm limits; any subset, strictly ordered ll < l < h < hh."""
+
+    hh: float | None = None
+    h: float | None = None
+    l: float | None = None  # noqa: E741 — the DCS name of the low limit
+    ll: float | None = None
+
+    def ordered(self) -> list[tuple[str, float]]:
+        return [(k, v) for k in ("ll", "l", "h", "hh") if (v := getattr(self, k)) is not None]
+
+
+class InstrumentRange(Strict):
+    lo: float
+    hi: float
+
+
+class RateLimit(Strict):
+    """Rate-of-change limits, in the sensor's unit per minute."""
+
+    rise_per_min: float | None = Field(default=None, gt=0)
+    fall_per_min: float | None = Field(default=None, gt=0)
+
+
+class TrendSettings(Strict):
+    """Trend early warning: project the time to HH from a robust slope over ``window``."""
+
+    horizon: Duration = timedelta(minutes=30)
+    window: Duration = timedelta(minutes=10)
+    enabled: bool = True
+
+
+class Sensor(Strict):
+    tag: Tag
+    kind: SensorKind
+    name: str | None = None
+    unit: str | None = None
+    gas: str | None = None
+    hazard_source: Code | None = None
+    limits: Limits | None = None
+    range: InstrumentRange | None = None
+    deadband: float | None = Field(default=None, ge=0)
+    on_delay: Duration | None = None
+    off_delay: Duration | None = None
+    interval: Duration | None = None  # usual reporting interval; stale after a multiple of it
+    rate: RateLimit | None = None
+    trend: TrendSettings | None = None
+    latching: bool | None = None
+    in_service: bool = True
+
+
+class HazardSource(Strict):
+    code: Code
+    name: str
+    grade: int = Field(ge=1, le=4)  # 重大危险源等级 1 (highest) – 4
+    vote_k: int | None = Field(default=None, ge=1)  # k-of-n gas detectors confirm a leak
+
+
+ChannelName = Literal["sms", "wecom", "webhook"]
+
+
+class Contact(Strict):
+    name: str = Field(min_length=1)
+    # written unquoted, YAML reads a phone number as an int; accept it as the digits it is
+    phone: Annotated[
+        str | None,
+        BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+        Field(default=None, pattern=r"^\+?[0-9][0-9\-]{4,19}$"),
+    ] = None
+    wecom_user: str | None = None  # WeCom user id for application messages
+    channels: list[ChannelName] = Field(default_factory=lambda: ["sms"])
+
+
+class WecomRobot(Strict):
+    key: SecretStr
+
+
+class Unit(Strict):
+    code: Code
+    name: str = Field(min_length=1)
+    contacts: list[Contact] = Field(default_factory=list)
+    wecom_robot: WecomRobot | None = None
+
+
+class EnterpriseState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # ordered to stop (停产): production load is a violation
+    MAINTENANCE = "maintenance"  # 检修: process alarms suppressed by design
+
+
+class Enterprise(Unit):
+    hazard_sources: list[HazardSource] = Field(default_factory=list)
+    sensors: list[Sensor] = Field(default_factory=list)
+    state: EnterpriseState = EnterpriseState.RUNNING
+    approved_load_kw: float | None = Field(default=None, gt=0)  # approved capacity, for power rules
+    dust_explosion: bool = False  # 粉尘涉爆 enterprise
+
+
+class Town(Unit):
+    enterprises: list[Enterprise] = Field(default_factory=list)
+
+
+class District(Unit):
+    towns: list[Town] = Field(default_factory=list)
+
+
+class EscalationStep(Strict):
+    level: Level
+    after: Duration
+
+
+class EscalationPolicy(Strict):
+    immediate: list[Level] = Field(min_length=1)
+    then: list[EscalationStep] = Field(default_factory=list)
+    repeat_every: Duration | None = None
+
+
+def default_escalation() -> dict[Severity, EscalationPolicy]:
+    """The contract's example policy: red reaches the town at once and the district in 5 min."""
+    m = timedelta(minutes=1)
+    return {
+        Severity.RED: EscalationPolicy(
+            immediate=["enterprise", "town"], then=[EscalationStep(level="district", after=5 * m)],
+            repeat_every=5 * m,
+        ),
+        Severity.ORANGE: EscalationPolicy(
+            immediate=["enterprise"],
+            then=[EscalationStep(level="town", after=10 * m), EscalationStep(level="district", after=30 * m)],
+            repeat_every=10 * m,
+        ),
+        Severity.YELLOW: EscalationPolicy(
+            immediate=["enterprise"], then=[EscalationStep(level="town", after=30 * m)]
+        ),
+        Severity.BLUE: EscalationPolicy(immediate=["enterprise"]),
+    }
+
+
+class SmsHttp(Strict):
+    provider: Literal["http"]
+    url: str
+    token: SecretStr | None = None  # sent as a Bearer token when set
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SmsAliyun(Strict):
+    provider: Literal["aliyun"]
+    access_key_id: str
+    access_key_secret: SecretStr
+    sign_name: str
+    template_code: str
+    endpoint: str = "https://dysmsapi.aliyuncs.com"
+    region_id: str = "cn-hangzhou"
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SmsTencent(Strict):
+    provider: Literal["tencent"]
+    secret_id: str
+    secret_key: SecretStr
+    sdk_app_id: str
+    sign_name: str
+    template_id: str
+    endpoint: str = "https://sms.tencentcloudapi.com"
+    region: str = "ap-guangzhou"
+    timeout: Duration = timedelta(seconds=5)
+
+
+SmsChannel = Annotated[SmsHttp | SmsAliyun | SmsTencent, Field(discriminator="provider")]
+
+
+class WecomChannel(Strict):
+    base_url: str = "https://qyapi.weixin.qq.com"
+    corp_id: str | None = None  # application messages (to contacts' wecom_user) need these three
+    agent_id: int | None = None
+    secret: SecretStr | None = None
+    robot_per_minute: int = Field(default=20, ge=1)  # WeCom's group-robot limit
+    timeout: Duration = timedelta(seconds=5)
+
+
+class WebhookChannel(Strict):
+    url: str
+    secret: SecretStr | None = None  # HMAC-SHA256 signature header when set
+    timeout: Duration = timedelta(seconds=5)
+
+
+class Channels(Strict):
+    sms: SmsChannel | None = None
+    wecom: WecomChannel = Field(default_factory=WecomChannel)
+    webhook: WebhookChannel | None = None
+    console: bool = False  # also print every message to the log (the demo's channel)
+
+
+class DatabaseSection(Strict):
+    url: SecretStr | None = None
+
+
+class MqttSection(Strict):
+    url: str | None = None
+    client_id: str | None = None
+    prefix: str = "hw/v1"
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class HttpSection(Strict):
+    addr: str | None = None
+    public_url: str | None = None  # base of acknowledgement links in messages
+
+
+class Retention(Strict):
+    readings: Duration = timedelta(days=730)  # regulation asks for ≥ 30 days; parks keep years
+    rejects: Duration = timedelta(days=30)
+
+
+class SiteInfo(Strict):
+    name: str = Field(min_length=1)
+    timezone: str = "Asia/Shanghai"
+
+
+class Site(Strict):
+    site: SiteInfo
+    districts: list[District] = Field(min_length=1)
+    escalation: dict[Severity, EscalationPolicy] = Field(default_factory=default_escalation)
+    channels: Channels = Field(default_factory=Channels)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+    retention: Retention = Field(default_factory=Retention)
+    alarm_management: dict[str, Any] = Field(default_factory=dict)  # tuning knobs, see rules
+
+    def walk(self) -> Iterator[tuple[District, Town, Enterprise]]:
+        for d in self.districts:
+            for t in d.towns:
+                for e in t.enterprises:
+                    yield d, t, e
+
+
+Loc = tuple[str | int, ...]
+
+
+def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
+    """Meaning checks pydantic cannot make: each is (path in the file, what to fix)."""
+    seen_units: dict[str, Loc] = {}
+
+    def unit(u: Unit, loc: Loc) -> Iterator[tuple[Loc, str]]:
+        if u.code in seen_units:
+            yield (*loc, "code"), (
+                f"duplicate unit code '{u.code}' (also used at {_loc_text(seen_units[u.code])}); "
+                "codes must be unique across districts, towns and enterprises"
+            )
+        else:
+            seen_units[u.code] = loc
+        for i, c in enumerate(u.contacts):
+            yield from _contact_problems(site, c, (*loc, "contacts", i))
+
+    for di, d in enumerate(site.districts):
+        dl: Loc = ("districts", di)
+        yield from unit(d, dl)
+        for ti, t in enumerate(d.towns):
+            tl: Loc = (*dl, "towns", ti)
+            yield from unit(t, tl)
+            for ei, e in enumerate(t.enterprises):
+                el: Loc = (*tl, "enterprises", ei)
+                yield from unit(e, el)
+                yield from _enterprise_problems(e, el)
+
+    for sev, pol in site.escalation.items():
+        pl: Loc = ("escalation", sev.value)
+        levels = list(pol.immediate) + [s.level for s in pol.then]
+        if len(set(levels)) != len(levels):
+            yield pl, "a level is named twice in this policy; name each of enterprise/town/district once"
+        afters = [s.after for s in pol.then]
+        if afters != sorted(afters):
+            yield (*pl, "then"), "escalation steps must be listed in order of 'after'"
+        if pol.repeat_every is not None and pol.repeat_every < timedelta(minutes=1):
+            yield (*pl, "repeat_every"), "repeat_every under 1m would flood people; use 1m or more"
+    missing = [s.value for s in Severity if s not in site.escalation]
+    if missing:
+        yield ("escalation",), (
+            f"no policy for severity {', '.join(missing)}; give every one of red, orange, yellow, blue"
+        )
+
+
+def _contact_problems(site: Site, c: Contact, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    if not c.channels:
+        yield (*loc, "channels"), f"contact {c.name} has no channels; list at least one of sms, wecom"
+    for ch in c.channels:
+        if ch == "sms" and not c.phone:
+            yield loc, f"contact {c.name} is to get SMS but has no phone; add phone: or remove sms"
+        if ch == "sms" and site.channels.sms is None:
+            yield loc, f"contact {c.name} uses sms but channels.sms is not configured"
+        if ch == "wecom" and not c.wecom_user:
+            yield loc, f"contact {c.name} is to get WeCom messages but has no wecom_user; add it"
+        if ch == "wecom" and not (site.channels.wecom.corp_id and site.channels.wecom.secret):
+            yield loc, (
+                f"contact {c.name} uses wecom but channels.wecom has no corp_id/agent_id/secret "
+                "for application messages"
+            )
+        if ch == "webhook" and site.channels.webhook is None:
+            yield loc, f"contact {c.name} uses webhook but channels.webhook is not configured"
+
+
+def _enterprise_problems(e: Enterprise, el: Loc) -> Iterator[tuple[Loc, str]]:
+    sources: dict[str, int] = {}
+    for hi, hs in enumerate(e.hazard_sources):
+        if hs.code in sources:
+            yield (*el, "hazard_sources", hi, "code"), (
+                f"duplicate hazard source code '{hs.code}' in enterprise {e.code}"
+            )
+        sources[hs.code] = hi
+    tags: dict[str, int] = {}
+    for si, s in enumerate(e.sensors):
+        sl: Loc = (*el, "sensors", si)
+        if s.tag in tags:
+            yield (*sl, "tag"), (
+                f"duplicate tag '{s.tag}' in enterprise {e.code} (first at sensor #{tags[s.tag] + 1}); "
+                "tags must be unique inside an enterprise"
+            )
+        else:
+            tags[s.tag] = si
+        if s.hazard_source is not None and s.hazard_source not in sources:
+            known = ", ".join(sources) or "none defined"
+            yield (*sl, "hazard_source"), (
+                f"unknown hazard source '{s.hazard_source}' (this enterprise has: {known})"
+            )
+        yield from _sensor_problems(s, sl)
+
+
+def _sensor_problems(s: Sensor, sl: Loc) -> Iterator[tuple[Loc, str]]:
+    if s.kind is SensorKind.GAS_TOXIC:
+        if not s.gas:
+            yield sl, f"toxic gas sensor {s.tag} needs gas: (e.g. H2S, CO, NH3, Cl2)"
+        elif lookup_gas(s.gas) is None:
+            from park.gases import GASES
+
+            yield (*sl, "gas"), (
+                f"unknown gas '{s.gas}'; known: {', '.join(GASES)} — or give limits: for this sensor"
+            )
+        elif s.limits is None and normalise_unit(s.unit or "mg/m3") not in ("mg/m3", "ppm"):
+            yield (*sl, "unit"), (
+                f"toxic gas unit '{s.unit}' has no standard limit; use mg/m3 or ppm, or give limits:"
+            )
+    elif s.gas is not None:
+        yield (*sl, "gas"), f"gas: only applies to gas_toxic sensors, not {s.kind.value}"
+    if s.kind.is_boolean and s.limits is not None:
+        yield (*sl, "limits"), f"{s.kind.value} is a switch (true/false); it takes no limits"
+    if s.kind.needs_limits and (s.limits is None or not s.limits.ordered()):
+        yield sl, (
+            f"sensor {s.tag} of kind {s.kind.value} has no standard default limits; "
+            "add limits: {hh: …, h: …, l: …, ll: …} (any of them)"
+        )
+    if s.limits is not None:
+        vals = s.limits.ordered()
+        for (ka, va), (kb, vb) in zip(vals, vals[1:], strict=False):
+            if not va < vb:
+                yield (*sl, "limits"), (
+                    f"limits out of order: {ka}={va:g} must be below {kb}={vb:g} (ll < l < h < hh)"
+                )
+    if s.range is not None and not s.range.lo < s.range.hi:
+        yield (*sl, "range"), f"instrument range lo={s.range.lo:g} must be below hi={s.range.hi:g}"
+
+
+def _loc_text(loc: Loc) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def loc_text(loc: Loc) -> str:
+    """``('districts', 0, 'code')`` -> ``districts[0].code``."""
+    return _loc_text(loc)
+
+
+__all__ = [
+    "LEVELS",
+    "Channels",
+    "Contact",
+    "District",
+    "Duration",
+    "Enterprise",
+    "EnterpriseState",
+    "EscalationPolicy",
+    "EscalationStep",
+    "HazardSource",
+    "Limits",
+    "Sensor",
+    "SensorKind",
+    "Site",
+    "Town",
+    "Unit",
+    "default_escalation",
+    "semantic_problems",
+]
