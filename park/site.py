@@ -9,6 +9,7 @@ the loader can give its line.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -145,6 +146,10 @@ class HazardSource(Strict):
 ChannelName = Literal["sms", "wecom", "webhook"]
 
 
+def _sms_only() -> list[ChannelName]:
+    return ["sms"]
+
+
 class Contact(Strict):
     name: str = Field(min_length=1)
     # written unquoted, YAML reads a phone number as an int; accept it as the digits it is
@@ -154,7 +159,7 @@ class Contact(Strict):
         Field(default=None, pattern=r"^\+?[0-9][0-9\-]{4,19}$"),
     ] = None
     wecom_user: str | None = None  # WeCom user id for application messages
-    channels: list[ChannelName] = Field(default_factory=lambda: ["sms"])
+    channels: list[ChannelName] = Field(default_factory=_sms_only)
 
 
 class WecomRobot(Strict):
@@ -437,7 +442,7 @@ def _sensor_problems(s: Sensor, sl: Loc) -> Iterator[tuple[Loc, str]]:
         )
     if s.limits is not None:
         vals = s.limits.ordered()
-        for (ka, va), (kb, vb) in zip(vals, vals[1:], strict=False):
+        for (ka, va), (kb, vb) in itertools.pairwise(vals):
             if not va < vb:
                 yield (*sl, "limits"), (
                     f"limits out of order: {ka}={va:g} must be below {kb}={vb:g} (ll < l < h < hh)"

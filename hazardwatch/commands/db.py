@@ -12,6 +12,7 @@ from park.db.migrate import migrate
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
 from park.settings import load_settings
+from park.site import Site
 from park.sitefile import load_site
 
 
@@ -37,7 +38,7 @@ def run_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(_migrate(settings.database_url.get_secret_value(), site))
 
 
-async def _migrate(url: str, site) -> int:  # type: ignore[no-untyped-def]
+async def _migrate(url: str, site: Site | None) -> int:
     try:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             edition, applied = await migrate(conn)

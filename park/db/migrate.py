@@ -107,7 +107,7 @@ async def migrate(conn: AsyncConnection) -> tuple[Edition, list[str]]:
                 body = mg.sections.get(section, "")
                 if section in edition.sections and body.strip():
                     try:
-                        await conn.execute(body)  # type: ignore[arg-type]  # trusted, shipped SQL
+                        await conn.execute(body.encode())  # trusted, shipped SQL
                     except errors.Error as e:
                         raise DatabaseError(f"migration {mg.name} [{section}] failed: {e}") from e
             await conn.execute(

@@ -76,8 +76,8 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
             " hazard_source text, gas text, limits jsonb, config jsonb) ON COMMIT DROP"
         )
         async with cur.copy("COPY _sensors FROM STDIN") as cp:
-            for s in sensors:
-                await cp.write_row(s)
+            for row in sensors:
+                await cp.write_row(row)
         await cur.execute(
             "INSERT INTO sensors (enterprise_code, tag, kind, unit, name, hazard_source, gas, limits, config)"
             " SELECT * FROM _sensors"

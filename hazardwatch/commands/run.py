@@ -1,0 +1,68 @@
+"""``hazardwatch run --config SITE.yaml``: the whole service in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from park.errors import HazardwatchError, SiteFileError
+from park.settings import load_settings
+from park.sitefile import load_site
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the whole service (ingest, rules, alerting, HTTP API and board)")
+    p.add_argument("--config", required=True, help="site file (YAML)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        site = load_site(args.config)
+        settings = load_settings(site)
+    except SiteFileError as e:
+        print(f"✗ {e}", file=sys.stderr)
+        print("  the service does not start half-configured; fix the file and start again", file=sys.stderr)
+        return 1
+    except HazardwatchError as e:
+        print(f"✗ {e}", file=sys.stderr)
+        return 1
+    from hazardwatch.service import run_service
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await run_service(settings, site)
+
+    return run_until_stopped(main())
+
+
+def run_until_stopped(coro: Coroutine[Any, Any, None]) -> int:
+    """Run the service; a known error (even from inside the TaskGroup) is one clear line, exit 1."""
+    try:
+        asyncio.run(coro)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except BaseException as e:
+        known = first_known(e)
+        if known is None:
+            raise
+        print(f"✗ {known}", file=sys.stderr)
+        return 1
+    print("hazardwatch stopped", file=sys.stderr)
+    return 0
+
+
+def first_known(e: BaseException) -> HazardwatchError | None:
+    if isinstance(e, HazardwatchError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            if (found := first_known(sub)) is not None:
+                return found
+    return None

@@ -1,0 +1,158 @@
+"""The whole service in one process: ingest → rules → alerting, the HTTP API, and upkeep.
+
+``run_service`` opens the pool, brings the schema up to date, syncs the registry from the site
+file, and runs one ``asyncio.TaskGroup`` of named stage tasks joined by bounded queues.
+Shutdown is cancellation (Ctrl-C, SIGTERM, or the caller cancelling the task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
+
+from alerting.links import LinkSigner
+from alerting.service import AlertingService
+from hazardwatch.api import create_app
+from ingest.service import IngestService
+from park.clock import Clock, SystemClock
+from park.db import open_pool
+from park.db.maintenance import configure_policies, run_maintenance
+from park.db.migrate import Edition, migrate
+from park.db.registry import sync_registry
+from park.errors import HazardwatchError
+from park.model import Park
+from park.settings import Settings
+from park.site import Site
+from park.types import AlarmEvent, GatewayStatus, ReadingBatch
+from rules.service import RulesService
+
+log = logging.getLogger("hazardwatch")
+
+MAINTENANCE_EVERY = timedelta(minutes=5)
+READINGS_QUEUE = 256  # batches, not readings: a full queue pushes back on ingest
+ALARMS_QUEUE = 10_000
+
+
+class ServiceError(HazardwatchError):
+    """The service cannot start (no database configured, …)."""
+
+
+@dataclass(slots=True)
+class ServiceHandle:
+    """What a caller (demo, tests) can see of a running service once it is ready."""
+
+    settings: Settings
+    park: Park
+    pool: AsyncConnectionPool
+    edition: Edition
+    ingest: IngestService
+    rules: RulesService
+    alerting: AlertingService
+    registry: CollectorRegistry
+    http_url: str
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: shutdown is the TaskGroup's cancellation."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(app: Any, host: str, port: int) -> None:
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                    lifespan="off", timeout_graceful_shutdown=2))
+    try:
+        await server.serve()
+        if not server.started:
+            raise ServiceError(f"HTTP API could not listen on {host}:{port} (port in use?)")
+    finally:
+        if server.started and not server.should_exit:
+            server.should_exit = True
+            await server.shutdown()
+
+
+async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Site, clock: Clock) -> None:
+    """Retention and rollups where the database does not run them itself."""
+    while True:
+        try:
+            async with pool.connection() as conn:
+                rep = await run_maintenance(conn, edition, site.retention, clock.now())
+            log.debug("maintenance: %s", rep)
+        except Exception:  # the database may be down; ingest handles that, upkeep just waits
+            log.warning("maintenance pass failed; retrying later", exc_info=True)
+        await asyncio.sleep(MAINTENANCE_EVERY.total_seconds())
+
+
+async def link_secret(pool: AsyncConnectionPool, settings: Settings) -> bytes:
+    """The acknowledgement-link key: from the environment, else one kept in the database."""
+    if settings.link_secret is not None:
+        return settings.link_secret.get_secret_value().encode()
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO app_secrets (name, value) VALUES ('ack_links', %s) ON CONFLICT (name) DO NOTHING",
+            (secrets.token_bytes(32),),
+        )
+        cur = await conn.execute("SELECT value FROM app_secrets WHERE name = 'ack_links'")
+        row = await cur.fetchone()
+        assert row is not None
+        return bytes(row[0])
+
+
+async def run_service(
+    settings: Settings,
+    site: Site,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    on_ready: Callable[[ServiceHandle], None] | None = None,
+) -> None:
+    """Run until cancelled. ``on_ready`` is called once every stage is started."""
+    clock = clock or SystemClock()
+    registry = registry if registry is not None else CollectorRegistry()
+    if settings.database_url is None:
+        raise ServiceError(
+            "no database configured: set HAZARDWATCH_DATABASE_URL=postgresql://… or database.url in the "
+            "site file (or use `hazardwatch demo`, which brings its own)"
+        )
+    async with open_pool(settings.database_url.get_secret_value(), min_size=2, max_size=16) as pool:
+        async with pool.connection() as conn:
+            edition, applied = await migrate(conn)
+            park = await sync_registry(conn, site)
+            await configure_policies(conn, edition, site.retention)
+        log.info("database %s ready (%s); migrations applied now: %s; %d sensors",
+                 edition.value, settings.safe_dict()["database"], ", ".join(applied) or "none",
+                 len(park.sensors))
+        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus] = asyncio.Queue(maxsize=READINGS_QUEUE)
+        alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
+        ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry)
+        rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,
+                             registry=registry)
+        alerting = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=alarms_q,
+                                   registry=registry)
+        signer = LinkSigner(await link_secret(pool, settings))
+        app = create_app(park=park, pool=pool, commands=rules, settings=settings, registry=registry,
+                         readiness=lambda: ingest.connected, links=signer, clock=clock)
+        http_url = f"http://{settings.http_host}:{settings.http_port}"
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(rules.run(), name="rules")
+            tg.create_task(alerting.run(), name="alerting")
+            tg.create_task(ingest.run(), name="ingest")
+            tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
+            tg.create_task(maintenance_loop(pool, edition, site, clock), name="maintenance")
+            log.info("hazardwatch running: board %s/ · MQTT %s · topics %s/#", http_url,
+                     settings.safe_dict()["mqtt"], settings.mqtt_prefix)
+            if on_ready is not None:
+                on_ready(ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry,
+                                       http_url))
