@@ -118,7 +118,7 @@ def test_retention_and_rollups_give_the_same_answers(db_url: str) -> None:
             old = NOW - timedelta(days=40)
             rows = [(NOW - timedelta(minutes=30) + timedelta(seconds=10 * i), sid, float(i % 6), 0) for i in range(180)]
             rows += [(old + timedelta(minutes=i), sid, 1.0, 0) for i in range(10)]
-            rows.append((NOW - timedelta(minutes=5), sid, 999.0, 2))  # bad quality stays out of rollups
+            rows.append((NOW - timedelta(minutes=5, seconds=3), sid, 999.0, 2))  # bad quality stays out of rollups
             async with conn.cursor() as cur, cur.copy("COPY readings (ts, sensor_id, value, quality) FROM STDIN") as cp:
                 for r in rows:
                     await cp.write_row(r)

@@ -36,6 +36,8 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
                         s.hazard_source, s.gas, json.dumps(lim), json.dumps(cfg, ensure_ascii=False),
                     ))
     async with conn.transaction(), conn.cursor() as cur:
+        # ON COMMIT DROP does not fire when the caller's transaction makes this one a savepoint
+        await cur.execute("DROP TABLE IF EXISTS pg_temp._units, pg_temp._hs, pg_temp._sensors")
         await cur.execute("CREATE TEMP TABLE _units (code text, level text, name text, parent_code text,"
                           " state text) ON COMMIT DROP")
         async with cur.copy("COPY _units FROM STDIN") as cp:
