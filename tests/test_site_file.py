@@ -155,7 +155,27 @@ def test_example_site_file_in_deploy_passes() -> None:
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "deploy" / "site.example.yaml"
-    site = load_site(path, environ={"HW_SMS_TOKEN": "x", "HW_WECOM_SECRET": "x"} | dict(__import__("os").environ))
+    site = load_site(path, environ={"HW_SMS_TOKEN": "x", "HW_ROBOT_E002": "x"})
     park = Park.from_site(site)
     assert park.counts()["towns"] >= 3
     assert {k.value for k in SensorKind} <= set(park.kinds()), "the example should show every sensor kind"
+
+
+def test_check_config_command_exit_codes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "site.example.yaml"
+    env = {"HW_SMS_TOKEN": "x", "HW_ROBOT_E002": "x", "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "hazardwatch", "check-config", str(example)],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "30 sensors" in ok.stdout and "red" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(variant("gas: H2S", "gas: XYZ"), encoding="utf-8")
+    no = subprocess.run([sys.executable, "-m", "hazardwatch", "check-config", str(bad)],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert no.returncode == 1
+    assert f"bad.yaml:{line_of(variant('gas: H2S', 'gas: XYZ'), 'gas: XYZ')}" in no.stderr
+    assert "unknown gas 'XYZ'" in no.stderr
