@@ -109,7 +109,7 @@ def default_client_id() -> str:
 
 def parse_addr(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise SettingsError("HAZARDWATCH_HTTP_ADDR", f"{addr!r}: write host:port, e.g. 127.0.0.1:8080")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -1,0 +1,1 @@
+"""MQTT in: decoding and validating readings, storing each (sensor, ts) once, acknowledging after commit."""

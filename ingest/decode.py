@@ -1,0 +1,240 @@
+"""Decoding MQTT messages into readings (CONTRACT §1) — pure, no IO, never raises on bad input.
+
+Every message is decoded into a shared :class:`Decoded` accumulator: good readings into flat
+columns, rejections with their reason, gateway status changes. One bad point of a batch rejects
+only that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ingest.errors import RejectReason as R
+from park.model import Park
+from park.types import GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
+
+FUTURE_LIMIT_US = 5 * 60 * 1_000_000  # CONTRACT §1: more than 5 minutes ahead is rejected
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_BATCH_KEYS = frozenset(("ts", "seq", "points"))
+_POINT_KEYS = frozenset(("tag", "value", "ts", "q"))
+_SINGLE_KEYS = frozenset(("value", "ts", "q"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: R
+    topic: str
+    detail: str
+    payload: bytes | None  # the whole message for message-level rejects; None for one point
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Accumulates the decoding of many messages until the writer takes them."""
+
+    sensor_id: list[int] = field(default_factory=list)
+    ts_us: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    quality: list[int] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    statuses: list[GatewayStatus] = field(default_factory=list)
+    seq_gaps: int = 0
+    newest_received_us: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sensor_id)
+
+    def batch(self) -> ReadingBatch:
+        return ReadingBatch(
+            sensor_id=np.fromiter(self.sensor_id, np.int32, len(self.sensor_id)),
+            ts_us=np.fromiter(self.ts_us, np.int64, len(self.ts_us)),
+            value=np.fromiter(self.value, np.float64, len(self.value)),
+            quality=np.fromiter(self.quality, np.int8, len(self.quality)),
+            received_us=self.newest_received_us,
+        )
+
+
+class Decoder:
+    """Decodes messages under ``prefix`` for the sensors of ``park``."""
+
+    def __init__(self, park: Park, prefix: str = "hw/v1", max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.prefix = prefix.strip("/") + "/"
+        self.max_payload = max_payload
+        self.tags: dict[str, dict[str, int]] = {}
+        for s in park.sensors:
+            self.tags.setdefault(s.enterprise, {})[s.tag] = s.id
+        for code in park.enterprises:
+            self.tags.setdefault(code, {})
+        self.last_seq: dict[str, int] = {}
+
+    def decode(self, out: Decoded, topic: str, payload: bytes, received_us: int) -> None:
+        """Decode one message into ``out``; anything wrong becomes a :class:`Reject`, never an exception."""
+        if received_us > out.newest_received_us:
+            out.newest_received_us = received_us
+        try:
+            self._decode(out, topic, payload, received_us)
+        except Exception as e:  # a decoder bug must not stop the stream: keep the message, say why
+            out.rejects.append(Reject(R.BAD_PAYLOAD, topic, f"decoder error: {type(e).__name__}: {e}", payload))
+
+    def _decode(self, out: Decoded, topic: str, payload: bytes, received_us: int) -> None:
+        if not topic.startswith(self.prefix):
+            return out.rejects.append(Reject(R.BAD_TOPIC, topic, f"topic outside {self.prefix}#", payload))
+        parts = topic[len(self.prefix):].split("/")
+        ent = parts[0]
+        n = len(parts)
+        if n == 2 and parts[1] == "data":
+            kind = "data"
+        elif n == 3 and parts[1] == "point" and parts[2]:
+            kind = "point"
+        elif n == 2 and parts[1] == "status":
+            kind = "status"
+        else:
+            return out.rejects.append(Reject(
+                R.BAD_TOPIC, topic, "use {prefix}/{enterprise}/data, …/point/{tag} or …/status", payload))
+        tags = self.tags.get(ent)
+        if tags is None:
+            return out.rejects.append(Reject(R.UNKNOWN_ENTERPRISE, topic, f"enterprise {ent!r} is not in the site file",
+                                             payload))
+        if len(payload) > self.max_payload:
+            return out.rejects.append(Reject(
+                R.OVERSIZE, topic, f"{len(payload)} bytes > {self.max_payload}", payload[:1024]))
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError as e:
+            return out.rejects.append(Reject(R.BAD_JSON, topic, str(e)[:200], payload))
+        if kind == "data":
+            self._batch(out, topic, ent, tags, doc, payload, received_us)
+        elif kind == "point":
+            self._point(out, topic, tags, parts[2], doc, payload, received_us)
+        else:
+            if type(doc) is dict and doc.keys() == {"online"} and type(doc["online"]) is bool:
+                out.statuses.append(GatewayStatus(ent, doc["online"], from_epoch_us(received_us)))
+            else:
+                out.rejects.append(Reject(R.BAD_PAYLOAD, topic, 'status must be {"online": true|false}', payload))
+
+    def _batch(self, out: Decoded, topic: str, ent: str, tags: dict[str, int], doc: Any, payload: bytes,
+               received_us: int) -> None:
+        if type(doc) is not dict or not isinstance(doc.get("points"), list) or not doc.keys() <= _BATCH_KEYS:
+            extra = sorted(set(doc) - _BATCH_KEYS) if type(doc) is dict else []
+            why = f"unknown fields {extra}" if extra else 'a batch is {"ts": …, "seq": …, "points": [...]}'
+            return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, why, payload))
+        batch_ts: int | None = None
+        if "ts" in doc:
+            batch_ts = _ts_us(doc["ts"])
+            if batch_ts is None:
+                return out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"batch ts {doc['ts']!r}", payload))
+        seq = doc.get("seq")
+        if seq is not None:
+            if type(seq) is not int or seq < 0:
+                return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, f"seq {seq!r} is not a counter", payload))
+            last = self.last_seq.get(ent)
+            if last is not None and seq > last + 1:
+                out.seq_gaps += seq - last - 1
+            if last is None or seq > last:
+                self.last_seq[ent] = seq
+        limit = received_us + FUTURE_LIMIT_US
+        sid_out, ts_out, val_out, q_out = out.sensor_id, out.ts_us, out.value, out.quality
+        for p in doc["points"]:
+            if type(p) is not dict or not p.keys() <= _POINT_KEYS:
+                out.rejects.append(Reject(R.BAD_POINT, topic, _excerpt(p), None))
+                continue
+            sid = tags.get(p.get("tag"))  # type: ignore[arg-type]
+            if sid is None:
+                out.rejects.append(Reject(R.UNKNOWN_TAG, topic, f"tag {p.get('tag')!r} of {ent}", None))
+                continue
+            v: Any = p.get("value")
+            tv = type(v)
+            fv: float
+            if tv is float:
+                fv = v
+            elif tv is int:
+                fv = float(v)
+            elif tv is bool:
+                fv = 1.0 if v else 0.0
+            else:
+                out.rejects.append(Reject(R.BAD_VALUE, topic, f"{p.get('tag')}: value {_excerpt(v)}", None))
+                continue
+            q = p.get("q", 0)
+            if q not in (0, 1, 2) or type(q) is not int:
+                out.rejects.append(Reject(R.BAD_QUALITY, topic, f"{p.get('tag')}: q {_excerpt(q)}", None))
+                continue
+            if "ts" in p:
+                ts = _ts_us(p["ts"])
+                if ts is None:
+                    out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"{p.get('tag')}: ts {_excerpt(p['ts'])}", None))
+                    continue
+            elif batch_ts is not None:
+                ts = batch_ts
+            else:
+                out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"{p.get('tag')}: no ts on the point or batch",
+                                          None))
+                continue
+            if ts > limit:
+                out.rejects.append(Reject(R.FUTURE_TIMESTAMP, topic,
+                                          f"{p.get('tag')}: ts {from_epoch_us(ts).isoformat()}", None))
+                continue
+            sid_out.append(sid)
+            ts_out.append(ts)
+            val_out.append(fv)
+            q_out.append(q)
+
+    def _point(self, out: Decoded, topic: str, tags: dict[str, int], tag: str, doc: Any, payload: bytes,
+               received_us: int) -> None:
+        sid = tags.get(tag)
+        if sid is None:
+            return out.rejects.append(Reject(R.UNKNOWN_TAG, topic, f"tag {tag!r}", payload))
+        ts = received_us  # a bare value is stamped with the time it is received
+        q = 0
+        if type(doc) is dict:
+            if not doc.keys() <= _SINGLE_KEYS or "value" not in doc:
+                return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, 'use a bare value or {"value": …, "ts": …, '
+                                                 '"q": …}', payload))
+            if "ts" in doc:
+                t = _ts_us(doc["ts"])
+                if t is None:
+                    return out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"ts {_excerpt(doc['ts'])}", payload))
+                ts = t
+            q = doc.get("q", 0)
+            if q not in (0, 1, 2) or type(q) is not int:
+                return out.rejects.append(Reject(R.BAD_QUALITY, topic, f"q {_excerpt(q)}", payload))
+            doc = doc["value"]
+        tv = type(doc)
+        if tv is float or tv is int:
+            fv = float(doc)
+        elif tv is bool:
+            fv = 1.0 if doc else 0.0
+        else:
+            return out.rejects.append(Reject(R.BAD_VALUE, topic, f"value {_excerpt(doc)}", payload))
+        if ts > received_us + FUTURE_LIMIT_US:
+            return out.rejects.append(Reject(R.FUTURE_TIMESTAMP, topic, from_epoch_us(ts).isoformat(), payload))
+        out.sensor_id.append(sid)
+        out.ts_us.append(ts)
+        out.value.append(fv)
+        out.quality.append(q)
+
+
+def _ts_us(v: Any) -> int | None:
+    """Epoch ms (integer) or RFC 3339 with an offset, as UTC epoch µs; None when it is neither."""
+    tv = type(v)
+    if tv is int:
+        return v * 1000 if 0 <= v <= _MAX_MS else None
+    if tv is str and 10 <= len(v) <= 40:
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        if dt.tzinfo is None or dt.year < 1970:
+            return None  # without an offset the time is ambiguous: refuse rather than guess
+        return epoch_us(dt)
+    return None
+
+
+def _excerpt(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 120 else text[:117] + "..."
