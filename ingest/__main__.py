@@ -33,8 +33,7 @@ async def main(config: str) -> None:
         service = IngestService(settings=settings, park=park, pool=pool, sink=None, registry=CollectorRegistry())
         async with asyncio.TaskGroup() as tg:
             tg.create_task(service.run(), name="ingest")
-            while not service.connected:
-                await asyncio.sleep(0.05)
+            await service.subscribed.wait()
             print("ingest ready", flush=True)
 
 

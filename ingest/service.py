@@ -65,6 +65,7 @@ class IngestService:
         self.metrics = IngestMetrics(registry)
         self.decoder = Decoder(park, settings.mqtt_prefix, max_payload)
         self.connected = False
+        self.subscribed = asyncio.Event()  # set while the subscription is acknowledged
         self._inbox: collections.deque[tuple[str, bytes, int, int, int]] = collections.deque()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,11 +103,15 @@ class IngestService:
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.connected = True
         self.metrics.connected.set(1)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.subscribed.set)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason: mqtt.ReasonCode, properties: object) -> None:
         self.connected = False
         self.metrics.connected.set(0)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.subscribed.clear)
         self._failures += 1
         # capped, jittered exponential backoff: gateways and services must not reconnect in lockstep
         delay = min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(self._failures, 8)) * random.uniform(0.5, 1.0)

@@ -72,12 +72,7 @@ async def running_ingest(settings: Settings, sink: asyncio.Queue | None = None, 
         svc = IngestService(settings=settings, park=park, pool=pool, sink=sink, registry=CollectorRegistry())
         task = asyncio.create_task(svc.run(), name="ingest-under-test")
         try:
-            for _ in range(100):
-                if svc.connected:
-                    break
-                await asyncio.sleep(0.05)
-            assert svc.connected, "ingest did not connect to the broker"
-            await asyncio.sleep(0.2)  # let the subscription settle
+            await asyncio.wait_for(svc.subscribed.wait(), 10)
             yield svc
         finally:
             task.cancel()
@@ -108,8 +103,8 @@ class Publisher:
         self.client.disconnect()
 
 
-async def wait_rows(db_url: str, n: int, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
+async def wait_rows(db_url: str, n: int, within: float = 30.0) -> int:
+    deadline = time.monotonic() + within
     got = -1
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         while time.monotonic() < deadline:

@@ -81,7 +81,8 @@ def test_database_down_30s_mid_stream(mqtt_url: str, topic_prefix: str, private_
             down_at = time.monotonic()
             while not sink.empty():
                 sink.get_nowait()
-            await asyncio.to_thread(pub.publish_many, ((f"{topic_prefix}/E1/data", batch(i)) for i in range(n1, n1 + n2)))
+            second = [(f"{topic_prefix}/E1/data", batch(i)) for i in range(n1, n1 + n2)]
+            await asyncio.to_thread(pub.publish_many, second)
             # alarms must not wait for the database: the readings reach the rule stage during the outage
             seen = 0
             deadline = time.monotonic() + 10
@@ -101,7 +102,7 @@ def test_database_down_30s_mid_stream(mqtt_url: str, topic_prefix: str, private_
             # a few of the first batch re-sent too: still one row each
             await asyncio.to_thread(pub.publish_many, ((f"{topic_prefix}/E1/data", batch(i)) for i in range(5)))
             total = (n1 + n2 + n3) * len(TAGS)
-            assert await wait_rows(private_pg.url, total, timeout=90) == total
+            assert await wait_rows(private_pg.url, total, within=90) == total
             pub.close()
         async with await psycopg.AsyncConnection.connect(private_pg.url) as conn:
             cur = await conn.execute("SELECT count(*), count(DISTINCT (sensor_id, ts)) FROM readings")

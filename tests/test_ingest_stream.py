@@ -136,7 +136,7 @@ def test_kill_9_mid_stream_loses_nothing(mqtt_url: str, topic_prefix: str, make_
         assert 0 < stored_before < n * len(TAGS), "the kill should land mid-stream"
         proc = _ingest_process(config, env)
         procs.append(proc)
-        assert asyncio.run(wait_rows(db, n * len(TAGS), timeout=120)) == n * len(TAGS)
+        assert asyncio.run(wait_rows(db, n * len(TAGS), within=120)) == n * len(TAGS)
     finally:
         pub.close()
         proc.send_signal(signal.SIGTERM)
