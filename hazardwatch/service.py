@@ -31,6 +31,7 @@ from park.db.migrate import Edition, migrate
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
 from park.model import Park
+from park.proc import trim_memory
 from park.settings import Settings
 from park.site import Site
 from park.types import AlarmEvent, GatewayStatus, ReadingBatch
@@ -131,6 +132,7 @@ async def run_service(
             edition, applied = await migrate(conn)
             park = await sync_registry(conn, site)
             await configure_policies(conn, edition, site.retention)
+        trim_memory()
         log.info("database %s ready (%s); migrations applied now: %s; %d sensors",
                  edition.value, settings.safe_dict()["database"], ", ".join(applied) or "none",
                  len(park.sensors))

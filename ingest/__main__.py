@@ -14,6 +14,7 @@ from ingest.service import IngestService
 from park.db import migrate, open_pool
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
+from park.proc import trim_memory
 from park.settings import load_settings
 from park.sitefile import load_site
 
@@ -30,6 +31,8 @@ async def main(config: str) -> None:
         async with pool.connection() as conn:
             await migrate(conn)
             park = await sync_registry(conn, site)
+        del site
+        trim_memory()
         service = IngestService(settings=settings, park=park, pool=pool, sink=None, registry=CollectorRegistry())
         async with asyncio.TaskGroup() as tg:
             tg.create_task(service.run(), name="ingest")

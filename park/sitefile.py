@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +24,113 @@ except ImportError:  # pragma: no cover - libyaml missing
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SCALAR_TAGS = {
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-    "tag:yaml.org,2002:str",
-    "tag:yaml.org,2002:timestamp",
-}
+
+
+class _Abort(Exception):
+    def __init__(self, line: int, loc: Loc, message: str) -> None:
+        self.line, self.loc, self.message = line, loc, message
+
+
+_NOKEY: Any = object()  # a mapping waiting for its next key
+_DUP: Any = object()  # the value of a duplicate key: consumed, then dropped
 
 
 class _Builder:
-    """Turns a node tree into plain data and a map from path to 1-based line."""
+    """Builds plain data straight from libyaml's event stream, remembering the line of each key and item.
 
-    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+    No node tree is kept (it would be the biggest thing in memory for a large park).
+    """
+
+    def __init__(self, file: str, environ: Mapping[str, str], track_lines: bool = True) -> None:
         self.file = file
         self.environ = environ
+        self.track = track_lines  # lines are only needed to report problems: a valid file skips them
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
         self._ctor = yaml.SafeLoader("")  # only its scalar constructors are used
+        self._resolver = yaml.resolver.Resolver()
 
-    def build(self, node: yaml.Node, loc: Loc) -> Any:
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                key = self.build(knode, (*loc, "<key>"))
-                if not isinstance(key, str | int | float | bool):
-                    self._problem(knode.start_mark.line + 1, loc, "a key must be a plain word")
-                    continue
-                if key in out:
-                    self._problem(
-                        knode.start_mark.line + 1, (*loc, str(key)),
-                        f"key '{key}' is given twice in the same block; keep one",
-                    )
-                    continue
+    def build(self, events: Iterable[yaml.Event]) -> Any:
+        stack: list[list[Any]] = []  # [container, its loc, pending key]
+        anchors: dict[str, Any] = {}
+        root: Any = None
+        for ev in events:
+            if isinstance(ev, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                stack.pop()
+                continue
+            if not isinstance(ev, yaml.ScalarEvent | yaml.MappingStartEvent | yaml.SequenceStartEvent
+                              | yaml.AliasEvent):
+                continue  # stream and document boundaries
+            line = ev.start_mark.line + 1
+            parent = stack[-1] if stack else None
+            if parent is not None and type(parent[0]) is dict and parent[2] is _NOKEY:
+                if not isinstance(ev, yaml.ScalarEvent):
+                    raise _Abort(line, parent[1], "a key must be a plain word")
+                key = self._scalar(ev, line, parent[1])
                 k = key if isinstance(key, str) else str(key)
-                self.lines[(*loc, k)] = knode.start_mark.line + 1
-                out[k] = self.build(vnode, (*loc, k))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
-        if node.tag not in _SCALAR_TAGS:
-            self._problem(node.start_mark.line + 1, loc, f"YAML tag {node.tag} is not allowed here")
+                if k in parent[0]:
+                    self._problem(line, (*parent[1], k), f"key '{k}' is given twice in the same block; keep one")
+                    parent[2] = _DUP
+                else:
+                    parent[2] = k
+                    if self.track:
+                        self.lines[(*parent[1], k)] = line
+                continue
+            if parent is None:
+                loc: Loc = ()
+                self.lines[loc] = line
+            elif type(parent[0]) is dict:
+                loc = (*parent[1], "<dup>") if parent[2] is _DUP else (*parent[1], parent[2])
+            else:
+                loc = (*parent[1], len(parent[0]))
+                if self.track:
+                    self.lines[loc] = line
+            value: Any
+            if isinstance(ev, yaml.MappingStartEvent):
+                value = {}
+            elif isinstance(ev, yaml.SequenceStartEvent):
+                value = []
+            elif isinstance(ev, yaml.AliasEvent):
+                if ev.anchor not in anchors:
+                    raise _Abort(line, loc, f"alias *{ev.anchor} has no anchor before it")
+                value = anchors[ev.anchor]
+            else:
+                value = self._scalar(ev, line, loc)
+            if not isinstance(ev, yaml.AliasEvent) and ev.anchor:
+                anchors[ev.anchor] = value
+            if parent is None:
+                root = value
+            elif type(parent[0]) is dict:
+                if parent[2] is not _DUP:
+                    parent[0][parent[2]] = value
+                parent[2] = _NOKEY
+            else:
+                parent[0].append(value)
+            if isinstance(ev, yaml.MappingStartEvent):
+                stack.append([value, loc, _NOKEY])
+            elif isinstance(ev, yaml.SequenceStartEvent):
+                stack.append([value, loc, None])
+        return root
+
+    def _scalar(self, ev: yaml.ScalarEvent, line: int, loc: Loc) -> Any:
+        tag = ev.tag if ev.tag and ev.tag != "!" else self._resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+        if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:timestamp":
+            # timestamps stay text: durations and dates are parsed by the models, not by YAML
+            value: Any = ev.value
+            if "${" in value:
+                value = self._substitute(value, line, loc)
+            return value
+        node = yaml.ScalarNode(tag, ev.value)
+        if tag == "tag:yaml.org,2002:int":
+            return self._ctor.construct_yaml_int(node)
+        if tag == "tag:yaml.org,2002:float":
+            return self._ctor.construct_yaml_float(node)
+        if tag == "tag:yaml.org,2002:bool":
+            return self._ctor.construct_yaml_bool(node)
+        if tag == "tag:yaml.org,2002:null":
             return None
-        if node.tag == "tag:yaml.org,2002:timestamp":
-            return node.value  # durations/dates are parsed by the models, not by YAML
-        value = self._ctor.construct_object(node)
-        if isinstance(value, str) and "${" in value:
-            value = self._substitute(value, node.start_mark.line + 1, loc)
-        return value
+        self._problem(line, loc, f"YAML tag {tag} is not allowed here")
+        return None
 
     def _substitute(self, value: str, line: int, loc: Loc) -> str:
         def repl(m: re.Match[str]) -> str:
@@ -121,15 +177,24 @@ def load_site(path: str | os.PathLike[str], environ: Mapping[str, str] | None = 
 def parse_site(text: str, file: str = "<site>", environ: Mapping[str, str] | None = None) -> Site:
     env = os.environ if environ is None else environ
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        return _parse(text, file, env, track_lines=False)
+    except SiteFileError:
+        # the fast pass found a problem: parse again, keeping every line, to say where it is
+        return _parse(text, file, env, track_lines=True)
+
+
+def _parse(text: str, file: str, env: Mapping[str, str], track_lines: bool) -> Site:
+    b = _Builder(file, env, track_lines)
+    try:
+        data = b.build(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         raise SiteFileError(file, [Problem(file, line, "", f"not valid YAML: {e.problem}")]) from None
-    if root is None:
+    except _Abort as e:
+        raise SiteFileError(file, [Problem(file, e.line, loc_text(e.loc), e.message)]) from None
+    if data is None:
         raise SiteFileError(file, [Problem(file, 1, "", "the file is empty; see deploy/ for an example")])
-    b = _Builder(file, env)
-    data = b.build(root, ())
     if not isinstance(data, dict):
         raise SiteFileError(file, [Problem(file, 1, "", "the file must be a mapping with site:, districts: …")])
     if b.problems:
@@ -138,6 +203,7 @@ def parse_site(text: str, file: str = "<site>", environ: Mapping[str, str] | Non
         site = Site.model_validate(data)
     except ValidationError as e:
         raise SiteFileError(file, [_problem_from_pydantic(b, err) for err in e.errors()]) from None
+    del data
     sem = [Problem(file, b.line_of(loc), loc_text(loc), msg) for loc, msg in semantic_problems(site)]
     if sem:
         raise SiteFileError(file, sem)

@@ -1,0 +1,1 @@
+"""Simulated parks: physical sensor models, scenarios with ground truth, and a load generator."""
