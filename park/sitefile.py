@@ -61,7 +61,7 @@ class _Builder:
             if not isinstance(ev, yaml.ScalarEvent | yaml.MappingStartEvent | yaml.SequenceStartEvent
                               | yaml.AliasEvent):
                 continue  # stream and document boundaries
-            line = ev.start_mark.line + 1
+            line = ev.start_mark.line + 1 if ev.start_mark else 0
             parent = stack[-1] if stack else None
             if parent is not None and type(parent[0]) is dict and parent[2] is _NOKEY:
                 if not isinstance(ev, yaml.ScalarEvent):

@@ -105,19 +105,19 @@ def publish(url: str, prefix: str, spec: LoadSpec, inflight: int = 2000) -> tupl
     return n, elapsed
 
 
-def _child(url: str, prefix: str, spec: LoadSpec, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _child(url: str, prefix: str, spec: LoadSpec, out: mp.Queue) -> None:
     out.put(publish(url, prefix, spec))
 
 
 def publish_in_process(url: str, prefix: str, spec: LoadSpec) -> tuple[int, float]:
     """Publish from a separate process (so the publisher never competes for our GIL)."""
     ctx = mp.get_context("spawn")
-    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    q: mp.Queue = ctx.Queue()
     p = ctx.Process(target=_child, args=(url, prefix, spec, q), daemon=True)
     p.start()
     result = q.get(timeout=600)
     p.join(30)
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ def test_timescaledb_is_real_and_apache_edition(make_database) -> None:  # type:
         assert conn.execute("SHOW timescaledb.license").fetchone() == ("apache",)
         conn.execute("CREATE TABLE m (ts timestamptz NOT NULL, v float8)")
         conn.execute("SELECT create_hypertable('m', 'ts')")
-        conn.execute("INSERT INTO m SELECT t, 1 FROM generate_series(now() - interval '3 hours', now(), interval '1 minute') t")
+        conn.execute("INSERT INTO m SELECT t, 1 FROM generate_series(now() - interval '3 hours', now(),"
+                     " interval '1 minute') t")
         n = conn.execute("SELECT count(*) FROM (SELECT time_bucket('1 hour', ts) FROM m GROUP BY 1) b").fetchone()
         assert n is not None and n[0] in (4, 5)
 
