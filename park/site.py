@@ -12,7 +12,7 @@ import enum
 import itertools
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
 
@@ -303,6 +303,51 @@ class Retention(Strict):
     rejects: Duration = timedelta(days=30)
 
 
+class SeverityDefaults(BaseModel):
+    """Which colour each condition raises (configurable; DOMAIN: provinces differ)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_level: Severity = Severity.YELLOW  # H / L, gas first level
+    second_level: Severity = Severity.ORANGE  # HH / LL, gas second level
+    toxic_second_level: Severity = Severity.RED
+    hh_on_major_hazard: Severity = Severity.RED  # HH/LL on a grade 1–2 major hazard source
+    trend: Severity = Severity.BLUE
+    rate: Severity = Severity.YELLOW
+    stale: Severity = Severity.BLUE
+    fault: Severity = Severity.YELLOW
+    comm_loss: Severity = Severity.ORANGE
+    vote: Severity = Severity.RED
+    power: Severity = Severity.ORANGE
+    spark: Severity = Severity.RED
+    fault_signal: Severity = Severity.YELLOW
+
+
+class AlarmManagement(BaseModel):
+    """ISA-18.2 / EEMUA 191 nuisance controls and rule parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    severity: SeverityDefaults = Field(default_factory=SeverityDefaults)
+    deadband_fraction: float = Field(default=0.02, ge=0, le=0.5)  # of the limit, when a sensor sets none
+    on_delay: Duration = timedelta(0)
+    off_delay: Duration = timedelta(seconds=10)
+    stale_multiple: float = Field(default=5.0, gt=1)  # stale after this many usual intervals
+    comm_loss_after: Duration = timedelta(minutes=5)  # nothing from an enterprise this long
+    flatline_after: Duration = timedelta(hours=2)  # identical values this long = stuck instrument
+    trend_horizon: Duration = timedelta(minutes=30)
+    trend_window: Duration = timedelta(minutes=10)
+    trend_min_points: int = Field(default=6, ge=3)
+    chatter_count: int = Field(default=3, ge=2)  # ISA-18.2: 3+ in a minute
+    chatter_window: Duration = timedelta(minutes=1)
+    chatter_hold: Duration = timedelta(minutes=2)  # a chattering alarm clears only after this long normal
+    flood_count: int = Field(default=10, ge=2)  # 10+ in 10 minutes
+    flood_window: Duration = timedelta(minutes=10)
+    power_stopped_fraction: float = Field(default=0.3, gt=0, le=1)  # of the usual load for that hour
+    power_min_load_kw: float = Field(default=50.0, ge=0)  # below this a stopped plant is idle, not producing
+    power_learning_weeks: int = Field(default=4, ge=1)
+
+
 class SiteInfo(Strict):
     name: str = Field(min_length=1)
     timezone: str = "Asia/Shanghai"
@@ -317,7 +362,7 @@ class Site(Strict):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     http: HttpSection = Field(default_factory=HttpSection)
     retention: Retention = Field(default_factory=Retention)
-    alarm_management: dict[str, Any] = Field(default_factory=dict)  # tuning knobs, see rules
+    alarm_management: AlarmManagement = Field(default_factory=AlarmManagement)
 
     def walk(self) -> Iterator[tuple[District, Town, Enterprise]]:
         for d in self.districts:
