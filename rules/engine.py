@@ -605,7 +605,8 @@ class RuleEngine:
             return
         a = Alarm(key=key, rule=rule, enterprise=ent, severity=sev, raised_at=when,
                   sensor_id=s.id if s is not None else None, tag=s.tag if s is not None else None,
-                  value=value, limit=limit, message=message, latching=latching, detail=dict(detail or {}))
+                  value=value, limit=limit, message=message, latching=latching,
+                  detail=dict(detail or {}) | ({"latching": True} if latching else {}))
         self.alarms[key] = a
         self._note_raise(a, when)
         self._emit(a, K.RAISED, when)
