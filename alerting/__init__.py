@@ -1,0 +1,1 @@
+"""Turning alarms into messages along enterprise → town → district until someone acknowledges."""

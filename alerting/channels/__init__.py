@@ -1,0 +1,1 @@
+"""One delivery channel per file, behind the small ``Channel`` protocol of ``base``."""

@@ -1,0 +1,28 @@
+"""Alerting's exception family."""
+
+from __future__ import annotations
+
+from park.errors import HazardwatchError
+
+
+class AlertingError(HazardwatchError):
+    """Raised by the alerting stage."""
+
+
+class BadLink(AlertingError):
+    """An acknowledgement link that is malformed, forged or expired."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"acknowledgement link refused: {reason}")
+
+
+class ChannelError(AlertingError):
+    """A channel could not deliver; ``retry_after`` when the vendor said when to try again."""
+
+    def __init__(self, channel: str, message: str, *, retry_after: float | None = None,
+                 permanent: bool = False) -> None:
+        self.channel = channel
+        self.retry_after = retry_after
+        self.permanent = permanent
+        super().__init__(f"{channel}: {message}")

@@ -1,0 +1,122 @@
+"""Escalation timing on a fake clock, for every policy shape of the contract (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alerting.errors import BadLink
+from alerting.escalation import Escalator, Planned
+from alerting.links import LinkSigner
+from alerting.messages import SMS_MAX, Renderer
+from park.model import Park
+from park.sitefile import parse_site
+from park.types import AlarmEvent, AlarmEventKind, Severity
+from tests.site_helpers import MINIMAL_SITE
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+PARK = Park.from_site(parse_site(MINIMAL_SITE, environ={}))
+
+
+def ev(kind: AlarmEventKind, sev: Severity, at: float = 0, alarm_id: int = 7, **kw: object) -> AlarmEvent:
+    return AlarmEvent(alarm_id=alarm_id, kind=kind, ts=T0 + timedelta(minutes=at), enterprise="E001", rule="high",
+                      severity=sev, sensor_id=2, tag="AT-2001", value=25.0, limit=20.0,
+                      message="AT-2001 二级报警：25 mg/m3，限值 20 mg/m3", **kw)  # type: ignore[arg-type]
+
+
+def who(plans: list[Planned]) -> list[tuple[str, str]]:
+    return sorted({(p.level, p.step) for p in plans})
+
+
+def run(esc: Escalator, minutes: list[float]) -> dict[float, list[tuple[str, str]]]:
+    return {m: who(esc.on_tick(T0 + timedelta(minutes=m))) for m in minutes}
+
+
+def test_red_enterprise_and_town_at_once_district_after_5m_reminders_every_5m() -> None:
+    esc = Escalator(PARK)
+    # t=0 raise · t=4 nothing · t=5 district + 1st reminder to those told before · t=10 2nd reminder to all
+    assert who(esc.on_event(ev(AlarmEventKind.RAISED, Severity.RED))) == [("enterprise", "immediate"),
+                                                                          ("town", "immediate")]
+    got = run(esc, [4, 5, 10])
+    assert got[4] == []
+    assert got[5] == [("district", "then-district"), ("enterprise", "repeat-1"), ("town", "repeat-1")]
+    assert got[10] == [("district", "repeat-2"), ("enterprise", "repeat-2"), ("town", "repeat-2")]
+
+
+def test_orange_two_steps_and_ack_at_each_point() -> None:
+    for ack_at, expect_levels in [(5, {"enterprise"}), (15, {"enterprise", "town"}),
+                                  (45, {"enterprise", "town", "district"})]:
+        esc = Escalator(PARK)
+        plans = esc.on_event(ev(AlarmEventKind.RAISED, Severity.ORANGE))
+        for m in range(1, ack_at):
+            plans += esc.on_tick(T0 + timedelta(minutes=m))
+        assert esc.on_event(ev(AlarmEventKind.ACKED, Severity.ORANGE, at=ack_at, by="张工")) == []
+        after = [p for m in range(ack_at, 120) for p in esc.on_tick(T0 + timedelta(minutes=m))]
+        assert after == [], f"acked at {ack_at} min, still planned {who(after)}"
+        assert {p.level for p in plans} == expect_levels
+
+
+def test_yellow_and_blue() -> None:
+    esc = Escalator(PARK)
+    esc.on_event(ev(AlarmEventKind.RAISED, Severity.YELLOW))
+    assert run(esc, [29, 30, 90])[30] == [("town", "then-town")]
+    esc2 = Escalator(PARK)
+    assert who(esc2.on_event(ev(AlarmEventKind.RAISED, Severity.BLUE))) == [("enterprise", "immediate")]
+    assert all(v == [] for v in run(esc2, [10, 60, 600]).values())
+
+
+def test_upgrade_replans_the_rest_at_the_higher_severity_without_resending() -> None:
+    esc = Escalator(PARK)
+    esc.on_event(ev(AlarmEventKind.RAISED, Severity.YELLOW))
+    # t=2 upgraded to red: the town (red's immediate) now, the district 5 min after the raise
+    assert who(esc.on_event(ev(AlarmEventKind.UPGRADED, Severity.RED, at=2))) == [("town", "upgrade")]
+    assert run(esc, [4, 5])[5] == [("district", "then-district"), ("enterprise", "repeat-1"), ("town", "repeat-1")]
+
+
+def test_clear_and_resolve_tell_everyone_already_told() -> None:
+    esc = Escalator(PARK)
+    esc.on_event(ev(AlarmEventKind.RAISED, Severity.RED))
+    assert who(esc.on_event(ev(AlarmEventKind.CLEARED, Severity.RED, at=1))) == [("enterprise", "cleared"),
+                                                                                ("town", "cleared")]
+    assert who(esc.on_event(ev(AlarmEventKind.RESOLVED, Severity.RED, at=2, by="值班长",
+                               detail={"action": "关阀"}))) == [("enterprise", "resolved"), ("town", "resolved")]
+    assert run(esc, [10, 20]) == {10: [], 20: []}
+
+
+def test_idempotency_keys_name_alarm_unit_contact_channel_step() -> None:
+    plans = Escalator(PARK).on_event(ev(AlarmEventKind.RAISED, Severity.RED))
+    keys = {p.key for p in plans}
+    assert "7/E001/张工/sms/immediate" in keys and "7/HM/群机器人/wecom_robot/immediate" not in keys
+    assert len(keys) == len(plans)
+
+
+def test_shelving_pauses_and_unshelving_resumes() -> None:
+    esc = Escalator(PARK)
+    esc.on_event(ev(AlarmEventKind.RAISED, Severity.ORANGE))
+    esc.on_event(ev(AlarmEventKind.SHELVED, Severity.ORANGE, at=1))
+    assert run(esc, [15]) == {15: []}
+    assert ("town", "then-town") in who(esc.on_event(ev(AlarmEventKind.UNSHELVED, Severity.ORANGE, at=16)))
+
+
+def test_message_names_everything_the_contract_asks_and_fits_two_sms_segments() -> None:
+    [p] = [p for p in Escalator(PARK).on_event(ev(AlarmEventKind.RAISED, Severity.RED)) if p.unit == "E001"]
+    r = Renderer(PARK).render(p, "https://hw.example/ack/abc")
+    for part in ("红色预警", "某某化工有限公司", "AT-2001", "25 mg/m3", "限值 20", "2026-11-23 16:00:00",
+                 "https://hw.example/ack/abc"):
+        assert part in r.text, part
+    long = Renderer(PARK, {"body": "${detail}" * 8}).render(p, "https://hw.example/ack/" + "x" * 40)
+    sms = Renderer(PARK).sms(long)
+    assert len(sms) <= SMS_MAX and sms.endswith("x" * 40)
+
+
+def test_ack_links_are_signed_and_expire() -> None:
+    s = LinkSigner(b"0123456789abcdef0123")
+    tok = s.sign(42, T0 + timedelta(hours=1))
+    assert s.verify(tok, T0) == 42
+    with pytest.raises(BadLink, match="expired"):
+        s.verify(tok, T0 + timedelta(hours=2))
+    with pytest.raises(BadLink, match="signature"):
+        LinkSigner(b"another-secret-of-16+").verify(tok, T0)
+    with pytest.raises(BadLink):
+        s.verify("garbage", T0)
