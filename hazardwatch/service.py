@@ -141,9 +141,9 @@ async def run_service(
         ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry)
         rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,
                              registry=registry)
-        alerting = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=alarms_q,
-                                   registry=registry)
         signer = LinkSigner(await link_secret(pool, settings))
+        alerting = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=alarms_q,
+                                   registry=registry, signer=signer)
         app = create_app(park=park, pool=pool, commands=rules, settings=settings, registry=registry,
                          readiness=lambda: ingest.connected, links=signer, clock=clock)
         http_url = f"http://{settings.http_host}:{settings.http_port}"
@@ -153,8 +153,16 @@ async def run_service(
             tg.create_task(ingest.run(), name="ingest")
             tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
             tg.create_task(maintenance_loop(pool, edition, site, clock), name="maintenance")
-            log.info("hazardwatch running: board %s/ · MQTT %s · topics %s/#", http_url,
-                     settings.safe_dict()["mqtt"], settings.mqtt_prefix)
-            if on_ready is not None:
-                on_ready(ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry,
-                                       http_url))
+            handle = ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry, http_url)
+            tg.create_task(_announce(handle, on_ready), name="announce")
+
+
+async def _announce(h: ServiceHandle, on_ready: Callable[[ServiceHandle], None] | None) -> None:
+    """Say so once every stage is really up (subscribed, restored)."""
+    await h.rules.restored.wait()
+    await h.alerting.restored.wait()
+    await h.ingest.subscribed.wait()
+    log.info("hazardwatch running: board %s/ · MQTT %s · topics %s/#", h.http_url, h.settings.safe_dict()["mqtt"],
+             h.settings.mqtt_prefix)
+    if on_ready is not None:
+        on_ready(h)

@@ -1,0 +1,75 @@
+"""``hazardwatch token create|list|revoke``: API tokens, one unit each (or ``park`` for the duty room)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import psycopg
+
+from hazardwatch.api.auth import create_token
+from park.db.migrate import migrate
+from park.errors import HazardwatchError
+from park.model import Park
+from park.settings import load_settings
+from park.sitefile import load_site
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="API tokens for the duty room, towns, districts and enterprises")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    c = tsub.add_parser("create", help="create a token for one unit; it is printed once")
+    c.add_argument("--unit", required=True, help="district, town or enterprise code, or 'park' for the duty room")
+    c.add_argument("--name", default="", help="who or what it is for")
+    c.add_argument("--config", required=True, help="site file")
+    c.set_defaults(func=lambda a: _run(a, "create"))
+    ls = tsub.add_parser("list", help="tokens (never the secrets)")
+    ls.add_argument("--config", required=True)
+    ls.set_defaults(func=lambda a: _run(a, "list"))
+    rv = tsub.add_parser("revoke", help="revoke a token by its id (see list)")
+    rv.add_argument("id", type=int)
+    rv.add_argument("--config", required=True)
+    rv.set_defaults(func=lambda a: _run(a, "revoke"))
+
+
+def _run(args: argparse.Namespace, action: str) -> int:
+    try:
+        site = load_site(args.config)
+        settings = load_settings(site)
+    except HazardwatchError as e:
+        print(f"✗ {e}", file=sys.stderr)
+        return 1
+    if settings.database_url is None:
+        print("✗ set HAZARDWATCH_DATABASE_URL or database.url in the site file", file=sys.stderr)
+        return 1
+    return asyncio.run(_act(settings.database_url.get_secret_value(), Park.from_site(site), args, action))
+
+
+async def _act(url: str, park: Park, args: argparse.Namespace, action: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
+        if action == "create":
+            try:
+                token = await create_token(conn, park, args.unit, args.name)
+            except ValueError as e:
+                print(f"✗ {e}", file=sys.stderr)
+                return 1
+            await conn.commit()
+            print(token)
+            print(f"  unit {args.unit}: keep it safe, it is not shown again", file=sys.stderr)
+        elif action == "list":
+            cur = await conn.execute("SELECT id, unit_code, name, created_at, revoked_at, last_used_at"
+                                     " FROM api_tokens ORDER BY id")
+            for r in await cur.fetchall():
+                state = "revoked" if r[4] else "active"
+                print(f"{r[0]:>5}  {r[1]:<12} {state:<8} {r[2]}  created {r[3]:%Y-%m-%d}")
+        else:
+            cur = await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
+                                     (args.id,))
+            await conn.commit()
+            if cur.rowcount == 0:
+                print(f"✗ no active token {args.id}", file=sys.stderr)
+                return 1
+            print(f"✓ token {args.id} revoked")
+    return 0
