@@ -15,6 +15,8 @@ from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, 
 from park.types import Level
 
 DEFAULT_INTERVAL = timedelta(seconds=60)
+TREND_HORIZON = timedelta(minutes=30)
+TREND_WINDOW = timedelta(minutes=10)
 
 # GB/T 50493-2019: combustible first level <= 25 %LEL, second <= 50 %LEL.
 COMBUSTIBLE_LIMITS = (25.0, 50.0)
@@ -205,11 +207,19 @@ def _spec(
         interval=s.interval or DEFAULT_INTERVAL,
         rise_per_min=s.rate.rise_per_min if s.rate else None,
         fall_per_min=s.rate.fall_per_min if s.rate else None,
-        trend_horizon=s.trend.horizon if s.trend and s.trend.enabled else None,
-        trend_window=s.trend.window if s.trend and s.trend.enabled else None,
+        # trend early warning is on by default for analog process values; `trend: {enabled: false}` turns it off
+        trend_horizon=(s.trend.horizon if s.trend else TREND_HORIZON) if _trend_on(s) else None,
+        trend_window=(s.trend.window if s.trend else TREND_WINDOW) if _trend_on(s) else None,
         latching=bool(s.latching),
         in_service=s.in_service,
     )
+
+
+def _trend_on(s: Sensor) -> bool:
+    if s.trend is not None:
+        return s.trend.enabled
+    # dust-collector ΔP climbs every filter cycle by design: a projection would warn every half hour
+    return not s.kind.is_boolean and s.kind not in (SensorKind.POWER, SensorKind.DUST_DP)
 
 
 def sensor_keys(site: Site) -> Iterable[tuple[str, str]]:

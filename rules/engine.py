@@ -72,6 +72,8 @@ class RuleEngine:
                               or s.range_lo is not None or s.range_hi is not None or bool(s.on_delay)
                               or bool(s.off_delay) for s in specs], bool)
         self.pending: dict[int, tuple[int, int]] = {}  # idx -> (target level, since µs): on/off delays
+        self.rate_ts = np.full(n, NEVER, np.int64)  # the rate rule's previous reading, kept apart from the
+        self.rate_v = np.full(n, np.nan)  # batch-level state that flat-line detection relies on
         # trend: ring buffers for analog sensors with an HH or LL limit and trend not disabled
         trend_ok = [(not s.kind.is_boolean and s.kind is not SensorKind.POWER and s.trend_horizon is not None
                      and any(v is not None for _k, v in s.limits.items())) for s in specs]
@@ -81,6 +83,9 @@ class RuleEngine:
         self.trend_ts = np.full((len(self.trend_idx), TREND_K), np.nan)
         self.trend_v = np.full((len(self.trend_idx), TREND_K), np.nan)
         self.trend_pos = np.zeros(len(self.trend_idx), np.int32)
+        self.trend_last = np.full(len(self.trend_idx), -np.inf)  # seconds of the newest sample
+        self.trend_every = np.array([(specs[i].trend_window or self.cfg.trend_window).total_seconds() / TREND_K
+                                     for i in self.trend_idx])
         self.trend_on = np.zeros(n, bool)
         # enterprise grouping (sensors are contiguous per enterprise in park order)
         self.ent_state: dict[str, EnterpriseState] = {e: ent.state for e, ent in park.enterprises.items()}
@@ -272,7 +277,8 @@ class RuleEngine:
         return f"{s.display_name}({s.tag}) {name}：{v:g} {s.unit}，限值 {limit:g} {s.unit}"
 
     def _rate(self, i: int, s: SensorSpec, ts: int, when: datetime, v: float) -> None:
-        prev_ts, prev_v = int(self.last_ts[i]), float(self.last_value[i])
+        prev_ts, prev_v = int(self.rate_ts[i]), float(self.rate_v[i])
+        self.rate_ts[i], self.rate_v[i] = ts, v
         if prev_ts == NEVER or ts <= prev_ts:
             return
         per_min = (v - prev_v) / ((ts - prev_ts) / 60e6)
@@ -287,8 +293,6 @@ class RuleEngine:
                         detail={"per_min": per_min})
         elif key in self.alarms and self.alarms[key].condition:
             self._clear(key, when, v)
-        # self.last_* are updated after the batch; keep them for the next reading of this batch
-        self.last_ts[i], self.last_value[i] = ts, v
 
     def _power(self, i: int, s: SensorSpec, ts: int, when: datetime, v: float) -> None:
         hour = int(((ts // 3_600_000_000) + 72) % 168)  # hour of week, Monday 00:00 UTC = 0
@@ -337,10 +341,14 @@ class RuleEngine:
         if not m.any():
             return
         ti, slot, t_us, v = li[m], slots[m], lt[m], lv[m]
-        pos = self.trend_pos[slot]
-        self.trend_ts[slot, pos] = t_us / 1e6
-        self.trend_v[slot, pos] = v
-        self.trend_pos[slot] = (pos + 1) % TREND_K
+        # keep samples spread over the window, so the slope is not the noise between close readings
+        due = t_us / 1e6 - self.trend_last[slot] >= self.trend_every[slot]
+        ds = slot[due]
+        pos = self.trend_pos[ds]
+        self.trend_ts[ds, pos] = t_us[due] / 1e6
+        self.trend_v[ds, pos] = v[due]
+        self.trend_pos[ds] = (pos + 1) % TREND_K
+        self.trend_last[ds] = t_us[due] / 1e6
         # only sensors below their limits, on the way to one, are worth a projection
         cand = (self.level[ti] == 0)
         if not cand.any():

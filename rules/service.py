@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry
@@ -72,7 +73,9 @@ class RulesService:
                         out = self.engine.on_batch(item)
                         self.metrics.readings.inc(len(item))
                     else:
-                        out = self.engine.on_status(item)
+                        # a status message carries no time of its own: judge it on this stage's clock,
+                        # like every other time-based rule
+                        out = self.engine.on_status(replace(item, ts=self.clock.now()))
                     self.metrics.judge_seconds.observe(time.perf_counter() - t0)
                     await self._commit(out)
             if time.monotonic() >= next_tick:

@@ -36,7 +36,8 @@ districts:
               - {tag: G2, kind: gas_combustible, hazard_source: HS1}
               - {tag: G3, kind: gas_combustible, hazard_source: HS1}
               - {tag: CL, kind: gas_toxic, gas: Cl2, hazard_source: HS2}
-              - {tag: PT, kind: pressure, limits: {hh: 2.0, h: 1.6}, hazard_source: HS2, trend: {horizon: 20m, window: 10m}}
+              - {tag: PT, kind: pressure, limits: {hh: 2.0, h: 1.6}, hazard_source: HS2,
+                 trend: {horizon: 20m, window: 10m}}
               - {tag: TT, kind: temperature, limits: {h: 60}, rate: {rise_per_min: 5}, range: {lo: -20, hi: 200}}
               - {tag: SP, kind: spark_detector}
               - {tag: JT, kind: power, limits: {h: 1000}}

@@ -88,7 +88,7 @@ def test_trend_warning_comes_before_the_hh_limit() -> None:
             first_hh = m
     assert first_trend is not None and first_hh is not None
     assert first_hh - first_trend >= 30, (first_trend, first_hh)
-    trend = [t for t in d.log if t.alarm.rule == "trend"][0]
+    trend = next(t for t in d.log if t.alarm.rule == "trend")
     assert trend.alarm.detail["eta_seconds"] > 0
 
 
