@@ -100,8 +100,9 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
                         assert (await cur.fetchone())[0] >= 1, "its Last Will was recorded"  # type: ignore[index]
                     elif inc.hh_at is not None:
                         spec = h.park.by_key[(inc.enterprise, inc.tags[0])]
-                        cur = await conn.execute("SELECT max(value) FROM readings WHERE sensor_id = %s AND ts"
-                                                 " BETWEEN %s AND %s", (spec.id, inc.start, inc.hh_at + timedelta(minutes=1)))
+                        cur = await conn.execute(
+                            "SELECT max(value) FROM readings WHERE sensor_id = %s AND ts BETWEEN %s AND %s",
+                            (spec.id, inc.start, inc.hh_at + timedelta(minutes=1)))
                         peak = (await cur.fetchone())[0]  # type: ignore[index]
                         assert spec.limits.hh is not None and peak >= spec.limits.hh, (inc.scenario, peak)
                 cur = await conn.execute("SELECT enterprise_code, tag, rule, severity, raised_at FROM alarms")
