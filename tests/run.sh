@@ -20,6 +20,8 @@ command -v psql >/dev/null || pkgs+=(postgresql-client)
 [ -n "$(ls /etc/postgresql 2>/dev/null)" ] || pkgs+=(postgresql)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v chromium >/dev/null || pkgs+=(chromium)
+# a CJK font, so the board's screenshots (test-artifacts/) show Chinese text rather than boxes
+dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || pkgs+=(fonts-wqy-microhei)
 $PY -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing Debian packages (${pkgs[*]}); run as root or install them"
