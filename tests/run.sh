@@ -39,6 +39,15 @@ say "installing hazardwatch and its test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' >.venv/pip.log 2>&1 \
     || { cat .venv/pip.log >&2; die "pip install failed"; }
 
+# schemathesis in an environment of its own: grafana-client's niquests brings urllib3-future, which
+# breaks the requests library schemathesis uses
+if [ ! -x .venv-st/bin/schemathesis ]; then
+    say "installing schemathesis into .venv-st"
+    $PY -m venv .venv-st
+    .venv-st/bin/python -m pip install -q --disable-pip-version-check 'schemathesis>=4,<5' >.venv-st/pip.log 2>&1 \
+        || { cat .venv-st/pip.log >&2; die "pip install schemathesis failed"; }
+fi
+
 # --- PostgreSQL ------------------------------------------------------------------------------
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     say "starting PostgreSQL"
