@@ -28,6 +28,7 @@ class LoadSpec:
     rate: float = 0.0  # messages per second; 0 = as fast as the broker takes them
     seed: int = 1
     t0_ms: int = 1_763_856_000_000  # readings are stamped from here on, one tick per second
+    realtime: bool = False  # stamp each message with the time it is published instead
 
 
 def enterprise_code(i: int) -> str:
@@ -56,7 +57,7 @@ def messages(spec: LoadSpec, prefix: str) -> Iterator[tuple[str, bytes]]:
     sent = 0
     tick = 0
     while sent < spec.messages:
-        ts = spec.t0_ms + tick * 1000
+        ts = int(time.time() * 1000) if spec.realtime else spec.t0_ms + tick * 1000
         for e in range(spec.enterprises):
             code = enterprise_code(e)
             if spec.mode == "batch":

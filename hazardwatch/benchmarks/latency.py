@@ -38,8 +38,10 @@ def _sms_server(arrivals: dict[str, float]) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             t = time.perf_counter()
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            tag = body["text"].split("(")[1].split(")")[0] if "(" in body["text"] else ""
-            arrivals.setdefault(tag, t)
+            if "二级报警" in body["text"]:  # the HH message of a trigger, not some other alarm's
+                ent = "L" + body["phone"][-1].rjust(5, "0")
+                tag = body["text"].split("(")[1].split(")")[0]
+                arrivals.setdefault(f"{ent}/{tag}", t)
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -73,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     enterprises, points = 200, 50
     text = site_yaml(enterprises, points).replace(
         "site: {name: 负载测试园区}",
-        f"site: {{name: 负载测试园区}}\nchannels: {{sms: {{provider: http, url: 'http://127.0.0.1:{sms.server_address[1]}/send'}}}}")
-    text = text.replace("            name: 负载企业0\n", "            name: 负载企业0\n"
-                        "            contacts: [{name: 安全员, phone: '13900000000', channels: [sms]}]\n", 1)
+        f"site: {{name: 负载测试园区}}\nchannels: {{sms: {{provider: http, url: 'http://127.0.0.1:{sms.server_address[1]}/send'}}}}"
+        # 40 alarms in 20 s is a flood (ISA-18.2) that alerting would fold into summaries: time single alarms
+        "\nalarm_management: {flood_count: 100000}")
+    # ten enterprises with a contact: triggers rotate over them so no enterprise reaches a flood
+    # (10 alarms in 10 minutes), in which alerting would rightly send one summary instead
+    for e in range(10):
+        text = text.replace(f"            name: 负载企业{e}\n", f"            name: 负载企业{e}\n"
+                            f"            contacts: [{{name: 安全员, phone: '1390000000{e}', channels: [sms]}}]\n", 1)
     proc = None
     try:
         with tempfile.TemporaryDirectory() as d:
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
             duration = a.samples * 0.5 + 10
             spec = LoadSpec(enterprises, points, "batch", int(a.load / points * duration), a.load / points,
-                            t0_ms=int(time.time() * 1000) - 600_000)
+                            realtime=True)
             ctx = mp.get_context("spawn")
             loader = ctx.Process(target=_load, args=(a.mqtt_url, prefix, spec), daemon=True)
             loader.start()
@@ -105,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             pub.connect(pu.hostname or "127.0.0.1", pu.port or 1883)
             pub.loop_start()
             sent: dict[str, float] = {}
-            for k in range(min(a.samples, points)):
-                tag = f"AT-{k:04d}"
-                sent[tag] = time.perf_counter()
-                pub.publish(f"{prefix}/L00000/point/{tag}", json.dumps({"value": 60, "ts": int(time.time() * 1000)}),
+            for k in range(min(a.samples, points * 10)):
+                ent, tag = f"L{k % 10:05d}", f"AT-{k // 10:04d}"
+                sent[f"{ent}/{tag}"] = time.perf_counter()
+                pub.publish(f"{prefix}/{ent}/point/{tag}", json.dumps({"value": 60, "ts": int(time.time() * 1000)}),
                             qos=1)
                 time.sleep(0.5)
             time.sleep(5)
