@@ -6,7 +6,7 @@ Built once in ``main`` and passed down. Secrets are ``SecretStr`` and never prin
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
@@ -59,7 +59,7 @@ class MqttTarget:
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: SecretStr | None
-    mqtt_url: str
+    mqtt_url: str = field(repr=False)  # may carry a password: shown only through safe_dict()
     mqtt_client_id: str
     mqtt_prefix: str
     http_host: str
