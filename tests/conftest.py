@@ -101,6 +101,9 @@ def topic_prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}/hw/v1"
 
 
+from tests.service_helpers import stand_ins  # noqa: E402, F401 — a fixture for the end-to-end tests
+
+
 def private_broker(url: str) -> bool:
     """Whether ``url`` is the broker tests/run.sh starts with the shipped configuration."""
     return (urlsplit(url).port or 1883) != 1883

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from hazardwatch.api.auth import create_token
@@ -16,6 +18,8 @@ from hazardwatch.service import ServiceHandle, run_service
 from park.clock import FakeClock
 from park.settings import EnvSettings, load_settings
 from park.site import Site
+from park.sitefile import parse_site
+from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
 
 
 def free_port() -> int:
@@ -57,3 +61,54 @@ async def token_for(handle: ServiceHandle, unit: str) -> dict[str, str]:
     async with handle.pool.connection() as conn, conn.transaction():
         tok = await create_token(conn, handle.park, unit, f"test-{unit}")
     return {"Authorization": f"Bearer {tok}"}
+
+
+def site_text(sms_url: str, wecom_url: str) -> str:
+    return f"""\
+site: {{name: 端到端测试园区}}
+channels:
+  sms: {{provider: http, url: "{sms_url}/send"}}
+  wecom: {{base_url: "{wecom_url}"}}
+districts:
+  - code: D1
+    name: 一区
+    contacts: [{{name: 区值班, phone: "13800000001", channels: [sms]}}]
+    towns:
+      - code: T1
+        name: 一镇
+        contacts: [{{name: 镇值班, phone: "13800000002", channels: [sms]}}]
+        enterprises:
+          - code: E1
+            name: 一号化工
+            contacts: [{{name: 张工, phone: "13800000003", channels: [sms]}}]
+            wecom_robot: {{key: "robot-e1"}}
+            sensors:
+              - {{tag: AT-1, kind: gas_combustible, name: 罐区可燃气体}}
+              - {{tag: AT-2, kind: gas_toxic, gas: Cl2, name: 液氯间氯气}}
+          - code: E2
+            name: 二号化工
+            sensors:
+              - {{tag: X, kind: gas_combustible}}
+"""
+
+
+@dataclass
+class StandIns:
+    sms: VendorServer
+    robot: VendorServer
+    text: str
+
+    @property
+    def site(self) -> Site:
+        return parse_site(self.text, environ={})
+
+
+@pytest.fixture
+def stand_ins() -> Iterator[StandIns]:
+    """A local SMS gateway and WeCom robot endpoint, and the site file that points at them."""
+    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
+    try:
+        yield StandIns(sms, robot, site_text(sms.url, robot.url))
+    finally:
+        sms.close()
+        robot.close()

@@ -9,20 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from park.clock import FakeClock
-from park.sitefile import parse_site
-from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
 from tests.ingest_helpers import Publisher
-from tests.service_helpers import running_service, token_for
-from tests.test_service_e2e import site_text, until
+from tests.service_helpers import StandIns, running_service, token_for
+from tests.test_service_e2e import until
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
-def test_no_server_error_for_any_generated_request(make_database, mqtt_url: str, topic_prefix: str,
-                                                    tmp_path: Path) -> None:
+def test_no_server_error_for_any_generated_request(make_database, mqtt_url: str,  # type: ignore[no-untyped-def]
+                                                    topic_prefix: str, tmp_path: Path, stand_ins: StandIns) -> None:
     db = make_database("postgres", "hwd")
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
-    site = parse_site(site_text(sms.url, robot.url), environ={})
+    site = stand_ins.site
     # schemathesis lives in its own environment (tests/run.sh makes .venv-st): grafana-client's niquests
     # installs urllib3-future, which breaks the requests library schemathesis is built on
     st = Path(__file__).resolve().parent.parent / ".venv-st" / "bin" / "schemathesis"
@@ -42,10 +39,6 @@ def test_no_server_error_for_any_generated_request(make_database, mqtt_url: str,
                  "--request-timeout", "10", "--generation-database", "none"],
                 capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
-    try:
-        res = asyncio.run(go())
-    finally:
-        sms.close()
-        robot.close()
+    res = asyncio.run(go())
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "Server error" not in res.stdout

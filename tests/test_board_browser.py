@@ -15,10 +15,9 @@ from playwright.async_api import async_playwright
 
 from park.clock import FakeClock
 from park.sitefile import parse_site
-from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
 from tests.ingest_helpers import Publisher
-from tests.service_helpers import running_service, token_for
-from tests.test_service_e2e import phones, site_text
+from tests.service_helpers import StandIns, running_service, token_for
+from tests.test_service_e2e import phones
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = os.environ.get("HW_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,13 +27,14 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
 @pytest.mark.browser
-def test_board_live_ack_scope_and_four_colours(make_database, mqtt_url: str, topic_prefix: str) -> None:
+def test_board_live_ack_scope_and_four_colours(make_database, mqtt_url: str, topic_prefix: str,  # type: ignore[no-untyped-def]
+                                               stand_ins: StandIns) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: tests/run.sh installs Debian's chromium")
     ARTIFACTS.mkdir(exist_ok=True)
     db = make_database("postgres", "hwd")
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
-    text = site_text(sms.url, robot.url).replace(
+    sms = stand_ins.sms
+    text = stand_ins.text.replace(
         "              - {tag: AT-2, kind: gas_toxic, gas: Cl2, name: 液氯间氯气}",
         "              - {tag: AT-2, kind: gas_toxic, gas: Cl2, name: 液氯间氯气}\n"
         "              - {tag: LT-1, kind: tank_level, name: 储罐液位, limits: {hh: 9, h: 8}, interval: 10s}")
@@ -89,8 +89,4 @@ def test_board_live_ack_scope_and_four_colours(make_database, mqtt_url: str, top
             pub.close()
             print(f"MQTT reading to board row: {latency * 1000:.0f} ms")
 
-    try:
-        asyncio.run(go())
-    finally:
-        sms.close()
-        robot.close()
+    asyncio.run(go())

@@ -9,42 +9,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from park.clock import FakeClock
-from park.sitefile import parse_site
-from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
+from tests.alerting_helpers import VendorServer
 from tests.ingest_helpers import Publisher
-from tests.service_helpers import running_service, token_for
+from tests.service_helpers import StandIns, running_service, token_for
 
 # the fake clock starts two hours back, so readings stamped on it are never "from the future" for ingest
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-
-
-def site_text(sms_url: str, wecom_url: str) -> str:
-    return f"""\
-site: {{name: 端到端测试园区}}
-channels:
-  sms: {{provider: http, url: "{sms_url}/send"}}
-  wecom: {{base_url: "{wecom_url}"}}
-districts:
-  - code: D1
-    name: 一区
-    contacts: [{{name: 区值班, phone: "13800000001", channels: [sms]}}]
-    towns:
-      - code: T1
-        name: 一镇
-        contacts: [{{name: 镇值班, phone: "13800000002", channels: [sms]}}]
-        enterprises:
-          - code: E1
-            name: 一号化工
-            contacts: [{{name: 张工, phone: "13800000003", channels: [sms]}}]
-            wecom_robot: {{key: "robot-e1"}}
-            sensors:
-              - {{tag: AT-1, kind: gas_combustible, name: 罐区可燃气体}}
-              - {{tag: AT-2, kind: gas_toxic, gas: Cl2, name: 液氯间氯气}}
-          - code: E2
-            name: 二号化工
-            sensors:
-              - {{tag: X, kind: gas_combustible}}
-"""
 
 
 def phones(srv: VendorServer, tag: str) -> list[str]:
@@ -59,11 +29,10 @@ async def until(cond, within: float = 10.0) -> None:  # type: ignore[no-untyped-
     raise AssertionError("condition not met in time")
 
 
-def test_hh_gas_escalates_enterprise_town_district_and_api_ack_stops_the_rest(make_database, mqtt_url: str,
-                                                                              topic_prefix: str) -> None:
+def test_hh_gas_escalates_enterprise_town_district_and_api_ack_stops_the_rest(
+        make_database, mqtt_url: str, topic_prefix: str, stand_ins: StandIns) -> None:  # type: ignore[no-untyped-def]
     db = make_database("timescaledb", "hwe")
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
-    site = parse_site(site_text(sms.url, robot.url), environ={})
+    sms, robot, site = stand_ins.sms, stand_ins.robot, stand_ins.site
     clock = FakeClock(T0)
 
     async def go() -> None:
@@ -107,17 +76,13 @@ def test_hh_gas_escalates_enterprise_town_district_and_api_ack_stops_the_rest(ma
             assert len(ids) == len(set(ids))
             pub.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        sms.close()
-        robot.close()
+    asyncio.run(go())
 
 
-def test_api_scope_auth_and_validation(make_database, mqtt_url: str, topic_prefix: str) -> None:
+def test_api_scope_auth_and_validation(make_database, mqtt_url: str, topic_prefix: str,  # type: ignore[no-untyped-def]
+                                       stand_ins: StandIns) -> None:
     db = make_database("postgres", "hwe")
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
-    site = parse_site(site_text(sms.url, robot.url), environ={})
+    site = stand_ins.site
 
     async def go() -> None:
         async with running_service(site, db, mqtt_url, topic_prefix, FakeClock(T0)) as (h, client):
@@ -170,17 +135,13 @@ def test_api_scope_auth_and_validation(make_database, mqtt_url: str, topic_prefi
             assert "/api/v1/alarms/{alarm_id}/ack" in spec_doc["paths"]
             pub.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        sms.close()
-        robot.close()
+    asyncio.run(go())
 
 
-def test_ack_link_shows_then_only_post_acknowledges(make_database, mqtt_url: str, topic_prefix: str) -> None:
+def test_ack_link_shows_then_only_post_acknowledges(make_database, mqtt_url: str,  # type: ignore[no-untyped-def]
+                                                    topic_prefix: str, stand_ins: StandIns) -> None:
     db = make_database("postgres", "hwe")
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
-    site = parse_site(site_text(sms.url, robot.url), environ={})
+    sms, site = stand_ins.sms, stand_ins.site
 
     async def go() -> None:
         async with running_service(site, db, mqtt_url, topic_prefix, FakeClock(T0)) as (h, client):
@@ -199,8 +160,4 @@ def test_ack_link_shows_then_only_post_acknowledges(make_database, mqtt_url: str
             assert (await client.get(path[:-3] + "xyz")).status_code == 400  # tampered
             pub.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        sms.close()
-        robot.close()
+    asyncio.run(go())
