@@ -21,8 +21,9 @@ class ChannelError(AlertingError):
     """A channel could not deliver; ``retry_after`` when the vendor said when to try again."""
 
     def __init__(self, channel: str, message: str, *, retry_after: float | None = None,
-                 permanent: bool = False) -> None:
+                 permanent: bool = False, rate_limited: bool = False) -> None:
         self.channel = channel
         self.retry_after = retry_after
         self.permanent = permanent
+        self.rate_limited = rate_limited
         super().__init__(f"{channel}: {message}")

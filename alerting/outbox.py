@@ -132,7 +132,7 @@ class OutboxWorker:
         except ChannelError as e:
             detail = str(e)
             last = e.permanent or c.attempts >= MAX_ATTEMPTS
-            outcome = "rate_limited" if e.retry_after else "failed"
+            outcome = "rate_limited" if e.rate_limited else "failed"
             status = "failed" if last else "pending"
             if not last:
                 backoff = e.retry_after or min(300.0, 2.0 ** c.attempts) * random.uniform(0.5, 1.0)

@@ -66,7 +66,7 @@ class AlertingService:
         self.inbox = inbox
         self.metrics = AlertingMetrics(registry)
         self.escalator = Escalator(park, console=park.site.channels.console)
-        self.renderer = Renderer(park)
+        self.renderer = Renderer(park, park.site.channels.templates)
         self.signer = signer or LinkSigner(b"hazardwatch-unset-link-secret!!")
         self._channels = channels
         self._wake = asyncio.Event()

@@ -274,11 +274,17 @@ class WebhookChannel(Strict):
     timeout: Duration = timedelta(seconds=5)
 
 
+# Message parts an operator may rewrite (string.Template text; alerting.messages holds the defaults).
+TEMPLATE_NAMES = ("title", "body", "time", "step_immediate", "step_upgrade", "step_then", "step_repeat",
+                  "step_cleared", "step_resolved", "step_flood", "ack")
+
+
 class Channels(Strict):
     sms: SmsChannel | None = None
     wecom: WecomChannel = Field(default_factory=WecomChannel)
     webhook: WebhookChannel | None = None
     console: bool = False  # also print every message to the log (the demo's channel)
+    templates: dict[str, str] = Field(default_factory=dict)  # e.g. {title: "【${colour}】${enterprise}"}
 
 
 class DatabaseSection(Strict):
@@ -400,6 +406,10 @@ def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
                 yield from unit(e, el)
                 yield from _enterprise_problems(e, el)
 
+    for name in site.channels.templates:
+        if name not in TEMPLATE_NAMES:
+            yield ("channels", "templates", name), (
+                f"unknown message template '{name}'; templates are: {', '.join(TEMPLATE_NAMES)}")
     for sev, pol in site.escalation.items():
         pl: Loc = ("escalation", sev.value)
         levels = list(pol.immediate) + [s.level for s in pol.then]

@@ -117,7 +117,8 @@ class _Builder:
         if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:timestamp":
             # timestamps stay text: durations and dates are parsed by the models, not by YAML
             value: Any = ev.value
-            if "${" in value:
+            # message templates use ${…} for their own placeholders; secrets are substituted elsewhere
+            if "${" in value and loc[:2] != ("channels", "templates"):
                 value = self._substitute(value, line, loc)
             return value
         node = yaml.ScalarNode(tag, ev.value)

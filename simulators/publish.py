@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 
 from park.model import Park, SensorSpec
+from park.site import SensorKind
 from simulators.park import SCENARIOS, Incident, ParkModel
 
 log = logging.getLogger("hazardwatch.simulator")
@@ -35,6 +36,11 @@ class Gateways:
             c.publish(f"{prefix}/{e}/status", json.dumps({"online": True}), qos=1, retain=True)
             self.clients[e] = c
         self.seq = dict.fromkeys(enterprises, 0)
+
+    def point(self, ent: str, tag: str, ts: datetime, value: float) -> None:
+        """A meter that publishes on its own: the contract's single-point form."""
+        body = {"value": value, "ts": int(ts.timestamp() * 1000)}
+        self.clients[ent].publish(f"{self.prefix}/{ent}/point/{tag}", json.dumps(body), qos=1)
 
     def batch(self, ent: str, ts: datetime, points: list[dict[str, object]]) -> None:
         self.seq[ent] += 1
@@ -102,7 +108,12 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
                 pts = []
                 for s in sensors:
                     v = model.value(s, t)
-                    if v is not None:
+                    if v is None:
+                        continue
+                    if s.kind is SensorKind.POWER:  # power meters report on their own, one point each
+                        gw.point(ent, s.tag, t, round(v, 1))
+                        sent += 1
+                    else:
                         pts.append({"tag": s.tag, "value": round(v, 4)})
                 gw.batch(ent, t, pts)
                 sent += len(pts)

@@ -120,3 +120,21 @@ def test_ack_links_are_signed_and_expire() -> None:
         LinkSigner(b"another-secret-of-16+").verify(tok, T0)
     with pytest.raises(BadLink):
         s.verify("garbage", T0)
+
+
+def test_operators_can_rewrite_templates_from_the_site_file() -> None:
+    from alerting.messages import TEMPLATES
+    from park.errors import SiteFileError
+    from park.site import TEMPLATE_NAMES
+    from tests.site_helpers import variant
+
+    assert set(TEMPLATES) == set(TEMPLATE_NAMES)
+    text = variant('  wecom: {base_url: "https://qyapi.weixin.qq.com"}',
+                   '  wecom: {base_url: "https://qyapi.weixin.qq.com"}\n'
+                   '  templates: {title: "[${colour}] ${enterprise} 请立即处置"}')
+    park = Park.from_site(parse_site(text, environ={}))
+    [p] = [p for p in Escalator(park).on_event(ev(AlarmEventKind.RAISED, Severity.RED)) if p.unit == "E001"]
+    r = Renderer(park, park.site.channels.templates).render(p, "")
+    assert r.title == "[红色] 某某化工有限公司 请立即处置"
+    with pytest.raises(SiteFileError, match="unknown message template 'headline'"):
+        parse_site(text.replace("templates: {title:", "templates: {headline:"), environ={})

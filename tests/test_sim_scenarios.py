@@ -107,6 +107,9 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
                         assert spec.limits.hh is not None and peak >= spec.limits.hh, (inc.scenario, peak)
                 cur = await conn.execute("SELECT enterprise_code, tag, rule, severity, raised_at FROM alarms")
                 alarms = [AlarmRecord(*r) for r in await cur.fetchall()]
+                cur = await conn.execute("SELECT count(*) FROM readings r JOIN sensors s ON s.id = r.sensor_id"
+                                         " WHERE s.kind = 'power'")
+                assert (await cur.fetchone())[0] > 0, "single-point meters stored"  # type: ignore[index]
             result = score(truth, alarms, duration / timedelta(hours=1))
             missed = [s.incident.scenario for s in result.incidents if not s.detected]
             assert missed == [], result.table()

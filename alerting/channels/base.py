@@ -35,5 +35,6 @@ def check_http(channel: str, r: httpx.Response) -> None:
         return
     if r.status_code == 429 or r.status_code >= 500:
         ra = r.headers.get("Retry-After")
-        raise ChannelError(channel, f"HTTP {r.status_code}", retry_after=float(ra) if ra and ra.isdigit() else None)
+        raise ChannelError(channel, f"HTTP {r.status_code}", retry_after=float(ra) if ra and ra.isdigit() else None,
+                           rate_limited=r.status_code == 429)
     raise ChannelError(channel, f"HTTP {r.status_code}: {r.text[:200]}", permanent=True)

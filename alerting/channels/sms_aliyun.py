@@ -71,6 +71,6 @@ class AliyunSms:
         if code == "OK":
             return f"BizId {data.get('BizId', '')}"
         if code in FLOW_CONTROL:
-            raise ChannelError(self.name, f"aliyun {code}", retry_after=60)
+            raise ChannelError(self.name, f"aliyun {code}", retry_after=60, rate_limited=True)
         check_http(self.name, r)
         raise ChannelError(self.name, f"aliyun {code}: {data.get('Message')}", permanent=True)

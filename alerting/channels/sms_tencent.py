@@ -74,7 +74,8 @@ class TencentSms:
         if "Error" in resp:
             code = resp["Error"].get("Code", "")
             raise ChannelError(self.name, f"tencent {code}: {resp['Error'].get('Message')}",
-                               retry_after=60 if code in LIMITED else None, permanent=code not in LIMITED)
+                               retry_after=60 if code in LIMITED else None, permanent=code not in LIMITED,
+                               rate_limited=code in LIMITED)
         status = (resp.get("SendStatusSet") or [{}])[0]
         if status.get("Code") == "Ok":
             return f"SerialNo {status.get('SerialNo', '')}"

@@ -34,7 +34,7 @@ class WecomRobot:
             window.popleft()
         if len(window) >= self.cfg.robot_per_minute:
             raise ChannelError(self.name, "20 messages a minute reached for this robot",
-                               retry_after=60 - (now - window[0]) + 0.5)
+                               retry_after=60 - (now - window[0]) + 0.5, rate_limited=True)
         url = f"{self.cfg.base_url.rstrip('/')}/cgi-bin/webhook/send"
         body = {"msgtype": "markdown", "markdown": {"content": msg.markdown[:4000]}}
         try:
@@ -49,5 +49,5 @@ class WecomRobot:
         if code == 0:
             return "errcode 0"
         if code == RATE_LIMITED:
-            raise ChannelError(self.name, "errcode 45009 (too frequent)", retry_after=60)
+            raise ChannelError(self.name, "errcode 45009 (too frequent)", retry_after=60, rate_limited=True)
         raise ChannelError(self.name, f"errcode {code}: {data.get('errmsg')}", permanent=code == INVALID_KEY)

@@ -1,0 +1,157 @@
+"""The durable outbox on real PostgreSQL and TimescaleDB: retries with backoff, channel fallback, flood summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from alerting.channels.sms_http import HttpSms
+from alerting.channels.webhook import Webhook
+from alerting.escalation import Escalator
+from alerting.links import LinkSigner
+from alerting.messages import Renderer
+from alerting.metrics import AlertingMetrics
+from alerting.outbox import OutboxWorker, enqueue, payload_of
+from alerting.service import FLOOD_SUMMARY_EVERY, AlertingService
+from park.clock import FakeClock
+from park.db import migrate, open_pool
+from park.db.registry import sync_registry
+from park.settings import EnvSettings, load_settings
+from park.sitefile import parse_site
+from park.types import AlarmEvent, AlarmEventKind, Severity
+from tests.alerting_helpers import VendorServer, sms_gateway
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def site_text(sms_url: str, hook_url: str) -> str:
+    return f"""\
+site: {{name: 外发测试}}
+channels:
+  sms: {{provider: http, url: "{sms_url}/send"}}
+  webhook: {{url: "{hook_url}/hook"}}
+districts:
+  - code: D1
+    name: 一区
+    towns:
+      - code: T1
+        name: 一镇
+        enterprises:
+          - code: E1
+            name: 一号化工
+            contacts: [{{name: 张工, phone: "13800000003", channels: [sms, webhook]}}]
+            sensors:
+              - {{tag: AT-1, kind: gas_combustible}}
+"""
+
+
+def event(alarm_id: int, sev: Severity = Severity.ORANGE, flood: bool = False) -> AlarmEvent:
+    return AlarmEvent(alarm_id=alarm_id, kind=AlarmEventKind.RAISED, ts=T0, enterprise="E1", rule="high",
+                      severity=sev, sensor_id=1, tag="AT-1", value=55.0, limit=50.0, message="AT-1 二级报警",
+                      flood=flood)
+
+
+def hook_ok(method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes,
+            fault: str | None) -> tuple[int, Any, dict[str, str]]:
+    return 200, {"ok": True}, {}
+
+
+def test_retry_with_backoff_then_fall_back_to_the_next_channel(db_url: str) -> None:
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                   " raised_at) VALUES (1, 'k', 'E1', 'high', 'orange', 'active_unacked', %s)", (T0,))
+            plans = Escalator(park).on_event(event(1))
+            renderer, signer = Renderer(park), LinkSigner(b"0123456789abcdef")
+            async with pool.connection() as conn, conn.transaction():
+                await enqueue(conn, [(p, payload_of(p, park, renderer, signer, "http://hw")) for p in plans])
+                await enqueue(conn, [(p, payload_of(p, park, renderer, signer, "http://hw")) for p in plans])
+            async with httpx.AsyncClient() as client:
+                assert site.channels.sms is not None and site.channels.webhook is not None
+                worker = OutboxWorker(pool, {"sms": HttpSms(site.channels.sms, client),  # type: ignore[arg-type]
+                                             "webhook": Webhook(site.channels.webhook, client)},
+                                      park, AlertingMetrics(CollectorRegistry()))
+                # attempt 1: a 503 — retried later, not now
+                sms.faults += ["503"]
+                [c] = await worker.claim(T0)
+                assert await worker.deliver(c, T0) == "failed"
+                assert await worker.claim(T0) == []
+                # attempt 2 after the backoff: sent
+                [c] = await worker.claim(T0 + timedelta(minutes=10))
+                assert await worker.deliver(c, T0) == "sent"
+                # a second alarm whose SMS is refused for good (HTTP 400): the contact's next channel, the webhook
+                async with pool.connection() as conn:
+                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                       " raised_at) VALUES (2, 'k2', 'E1', 'high', 'orange', 'active_unacked', %s)",
+                                       (T0,))
+                p2 = Escalator(park).on_event(event(2))
+                async with pool.connection() as conn, conn.transaction():
+                    await enqueue(conn, [(p, payload_of(p, park, renderer, signer, "http://hw")) for p in p2])
+                sms.faults += ["400"]
+                [c] = await worker.claim(T0)
+                assert await worker.deliver(c, T0) == "failed"
+                [c] = await worker.claim(T0)
+                assert c.channel == "webhook" and await worker.deliver(c, T0) == "sent"
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT alarm_id, channel, attempt, outcome FROM notifications ORDER BY id")
+                assert await cur.fetchall() == [(1, "sms", 1, "failed"), (1, "sms", 2, "sent"),
+                                                 (2, "sms", 1, "failed"), (2, "webhook", 1, "sent")]
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE alarm_id = 1")
+                assert (await cur.fetchone())[0] == 1  # planned twice, one row: the idempotency key  # type: ignore[index]
+        assert [json.loads(r["body"])["id"] for r in sms.ok()] == [plans[0].key]
+        assert len(hook.ok()) == 1
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
+
+
+def test_flood_folds_messages_into_one_summary_per_unit_but_never_holds_red(db_url: str) -> None:
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+    clock = FakeClock(T0)
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                for i in range(1, 8):
+                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'orange', 'active_unacked', %s)",
+                                       (i, f"k{i}", T0))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=asyncio.Queue(),
+                                  registry=CollectorRegistry(), channels={})
+            svc._last_flood_summary = T0
+            for i in range(1, 7):
+                await svc._plan(svc.escalator.on_event(event(i, flood=True)))
+            await svc._plan(svc.escalator.on_event(event(7, Severity.RED, flood=True)))
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT alarm_id, step FROM outbox ORDER BY id")
+                assert await cur.fetchall() == [(7, "immediate")], "only red goes out during a flood"
+            await svc._flood_summaries(T0 + FLOOD_SUMMARY_EVERY)
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT unit_code, contact, payload->>'text' FROM outbox"
+                                         " WHERE step LIKE 'flood-%'")
+                [(unit, contact, text)] = await cur.fetchall()
+            assert (unit, contact) == ("E1", "张工") and "6条预警" in text
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
