@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from prometheus_client import CollectorRegistry
@@ -35,7 +38,8 @@ log = logging.getLogger("hazardwatch.ingest")
 
 MAX_BATCH_READINGS = 50_000
 MAX_BATCH_MESSAGES = 8_000  # below the shipped broker's in-flight window (10,000)
-RECONNECT_MIN, RECONNECT_MAX = 1, 30
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 30.0
+READS_PER_WAKE = 64
 DB_RETRY_MIN, DB_RETRY_MAX = 0.25, 10.0
 REJECT_LOG_EVERY = 10.0  # seconds between log lines about rejected input
 
@@ -68,26 +72,21 @@ class IngestService:
         self.subscribed = asyncio.Event()  # set while the subscription is acknowledged
         self._inbox: collections.deque[tuple[str, bytes, int, int, int]] = collections.deque()
         self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
-        self._failures = 0
+        self._stopping = False
         self._last_reject_log = -REJECT_LOG_EVERY
         self._rejects_since_log = 0
 
-    # --- paho's thread ------------------------------------------------------------------------
+    # --- paho callbacks (run on the event loop: paho's socket is driven by asyncio) ----------------
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._inbox.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time_ns() // 1000))
-        # append first, then look: the decoder clears the event only after finding the inbox empty
-        if not self._wake.is_set() and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wake.set()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason: mqtt.ReasonCode, properties: object) -> None:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
-        self._failures = 0
-        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
         p = self.settings.mqtt_prefix
         # subscribe on every connect: a broker that lost the session must not leave us deaf.
         # {p}/# covers the contract's data, point/+ and status topics and also lets a gateway
@@ -103,21 +102,15 @@ class IngestService:
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.connected = True
         self.metrics.connected.set(1)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.subscribed.set)
+        self.subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason: mqtt.ReasonCode, properties: object) -> None:
         self.connected = False
         self.metrics.connected.set(0)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.subscribed.clear)
-        self._failures += 1
-        # capped, jittered exponential backoff: gateways and services must not reconnect in lockstep
-        delay = min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(self._failures, 8)) * random.uniform(0.5, 1.0)
-        client.reconnect_delay_set(max(1, round(delay)), max(1, round(delay)))
-        if self._failures <= 3 or self._failures % 20 == 0:
-            log.warning("broker connection lost (%s); reconnecting in ~%.0fs", reason, delay)
+        self.subscribed.clear()
+        if not self._stopping:
+            log.warning("broker connection lost (%s); reconnecting", reason)
 
     def _make_client(self) -> mqtt.Client:
         target = self.settings.mqtt
@@ -136,25 +129,96 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
-        client.connect_async(target.host, target.port, keepalive=30)
+        # paho's socket is driven by this event loop (no network thread): acknowledgements go out
+        # without a cross-thread wake-up, and nothing contends for the GIL per message
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
         return client
+
+    def _socket_open(self, c: mqtt.Client, u: object, sock: Any) -> None:
+        asyncio.get_running_loop().add_reader(sock, self._readable)
+
+    def _socket_close(self, c: mqtt.Client, u: object, sock: Any) -> None:
+        asyncio.get_running_loop().remove_reader(sock)
+
+    def _register_write(self, c: mqtt.Client, u: object, sock: Any) -> None:
+        asyncio.get_running_loop().add_writer(sock, self._writable)
+
+    def _unregister_write(self, c: mqtt.Client, u: object, sock: Any) -> None:
+        asyncio.get_running_loop().remove_writer(sock)
+
+    def _readable(self) -> None:
+        client = self._client
+        assert client is not None
+        sock = client.socket()
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            client.loop_read()
+            return
+        # several packets per wake-up, as long as bytes are waiting (peeking costs no copy)
+        for _ in range(READS_PER_WAKE):
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    client.loop_read()  # closed: let paho notice and clean up
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                client.loop_read()
+                return
+            client.loop_read()
+            if client.socket() is None:
+                return
+
+    def _writable(self) -> None:
+        assert self._client is not None
+        self._client.loop_write()
+
+    async def _connection(self) -> None:
+        """Connect, keep alive, and reconnect with capped, jittered backoff (gateways and services must
+        not reconnect in lockstep); the session is persistent, so the broker keeps our queue meanwhile."""
+        client = self._client
+        assert client is not None
+        target = self.settings.mqtt
+        failures = 0
+        while True:
+            if client.socket() is None:
+                if failures:
+                    delay = min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+                    await asyncio.sleep(delay)
+                try:
+                    client.connect(target.host, target.port, keepalive=30)
+                    failures = 0
+                except OSError as e:
+                    failures += 1
+                    self.metrics.connected.set(0)
+                    if failures <= 3 or failures % 20 == 0:
+                        log.warning("broker %s:%d unreachable (%s); retrying", target.host, target.port, e)
+                    continue
+            client.loop_misc()  # keepalive pings, and noticing a dead broker
+            await asyncio.sleep(1.0)
 
     # --- asyncio side -------------------------------------------------------------------------
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
-        self._client.loop_start()
         try:
             writes: asyncio.Queue[_Work] = asyncio.Queue(maxsize=2)
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._connection(), name="ingest-mqtt")
                 tg.create_task(self._decode_loop(writes), name="ingest-decode")
                 tg.create_task(self._write_loop(writes), name="ingest-write")
         finally:
+            self._stopping = True
             self.connected = False
             self.metrics.connected.set(0)
+            sock = self._client.socket()
             self._client.disconnect()
-            self._client.loop_stop()
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    self._client.loop_write()
+                    asyncio.get_running_loop().remove_reader(sock)
+                    asyncio.get_running_loop().remove_writer(sock)
 
     async def _decode_loop(self, writes: asyncio.Queue[_Work]) -> None:
         inbox = self._inbox
