@@ -19,7 +19,17 @@ from park.types import GatewayStatus, ReadingBatch
 from tests.ingest_helpers import TAGS, Publisher, prepare, running_ingest, settings_for, wait_rows
 from tests.test_ingest_stream import batch
 
-PGBIN = Path(os.environ.get("HW_TEST_PGBIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_pgbin() -> Path:
+    """Debian's PostgreSQL server binaries, newest major version (HW_TEST_PGBIN overrides)."""
+    if os.environ.get("HW_TEST_PGBIN"):
+        return Path(os.environ["HW_TEST_PGBIN"])
+    majors = sorted((p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()),
+                    key=lambda p: int(p.parent.name))
+    return majors[-1] if majors else Path("/usr/lib/postgresql/15/bin")
+
+
+PGBIN = _newest_pgbin()
 
 
 class PrivatePostgres:
