@@ -158,7 +158,10 @@ class AlertingService:
             self._wake.set()
 
     async def restore(self) -> int:
-        """Rebuild escalation for open alarms from ``alarms`` and what the outbox already holds."""
+        """Rebuild escalation for open alarms from ``alarms`` and what the outbox already holds.
+
+        An open, unacknowledged alarm with nothing planned yet was stored by the rule stage just
+        before a crash: it is planned now as if just raised (idempotency keys drop any repeat)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT id, enterprise_code, rule, severity, raised_at, sensor_id, tag, value, limit_value, message,"
@@ -174,11 +177,19 @@ class AlertingService:
             steps[alarm_id].add(step)
             if step not in ("cleared", "resolved") and level:
                 told[alarm_id].add(level)
+        unplanned: list[AlarmEvent] = []
         for r in alarms:
             ev = AlarmEvent(alarm_id=r[0], kind=AlarmEventKind.RAISED, ts=r[4], enterprise=r[1], rule=r[2],
                             severity=Severity(r[3]), sensor_id=r[5], tag=r[6], value=r[7], limit=r[8],
                             message=r[9], flood=r[11])
+            if not r[10] and "immediate" not in steps[r[0]]:
+                unplanned.append(ev)
+                continue
             done = {s for s in steps[r[0]] if s.startswith("then-")}
             repeats = max((int(s.split("-")[1]) for s in steps[r[0]] if s.startswith("repeat-")), default=0)
             self.escalator.restore(ev, [lv for lv in LEVELS if lv in told[r[0]]], done, repeats, bool(r[10]))
+        for ev in unplanned:
+            await self._plan(self.escalator.on_event(ev))
+        if unplanned:
+            log.warning("planned %d alarm(s) raised just before the last stop and never escalated", len(unplanned))
         return len(alarms)

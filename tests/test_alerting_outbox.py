@@ -155,3 +155,35 @@ def test_flood_folds_messages_into_one_summary_per_unit_but_never_holds_red(db_u
     finally:
         sms.close()
         hook.close()
+
+
+def test_an_alarm_stored_just_before_a_crash_is_escalated_after_restart(db_url: str) -> None:
+    """The rule stage committed the alarm; the service died before alerting planned a message."""
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, tag, rule, severity, state,"
+                                   " raised_at, message) VALUES (1, 'k', 'E1', 'AT-1', 'high', 'orange',"
+                                   " 'active_unacked', %s, 'AT-1 二级报警')", (T0,))
+                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, tag, rule, severity, state,"
+                                   " raised_at, acked_at) VALUES (2, 'k2', 'E1', 'AT-1', 'high', 'orange',"
+                                   " 'active_acked', %s, %s)", (T0, T0))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0),
+                                  inbox=asyncio.Queue(), registry=CollectorRegistry(), channels={})
+            assert await svc.restore() == 2
+            assert await svc.restore() == 2  # a second restart plans nothing twice
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT alarm_id, unit_code, contact, step FROM outbox ORDER BY id")
+                assert await cur.fetchall() == [(1, "E1", "张工", "immediate")]  # the acked alarm needs nothing
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
