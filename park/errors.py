@@ -44,3 +44,16 @@ class SettingsError(HazardwatchError):
 
 class DatabaseError(HazardwatchError):
     """Schema or database plumbing failed in a way the caller should report, not retry."""
+
+
+class Unavailable(HazardwatchError):
+    """A transient fault: the database (or another dependency) is away right now.
+
+    Raised to callers that must answer at once rather than wait — an API command during a
+    database outage answers 503 with this message. ``retry_after`` is a hint in seconds.
+    """
+
+    def __init__(self, what: str, message: str, retry_after: float = 5.0) -> None:
+        self.what = what
+        self.retry_after = retry_after
+        super().__init__(message)

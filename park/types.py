@@ -127,6 +127,20 @@ class GatewayStatus:
     ts: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayClock:
+    """A gateway's measured clock offset, reported by ingest to the rules.
+
+    ``offset_s`` is the gateway's clock minus hazardwatch's (negative: the gateway is slow),
+    estimated from its freshest readings against their arrival time, so a store-and-forward
+    backlog does not read as a slow clock. ``ts`` is hazardwatch's time of the measurement.
+    """
+
+    enterprise: str
+    offset_s: float
+    ts: datetime
+
+
 class AlarmEventKind(enum.StrEnum):
     RAISED = "raised"
     UPGRADED = "upgraded"  # severity rose in place
@@ -166,3 +180,7 @@ class AlarmEvent:
     by: str | None = None
     flood: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    # When hazardwatch made this transition, on its own clock. ``ts`` is the event's own time (a
+    # reading's time for process rules, CONTRACT §8); escalation deadlines count from the RAISED
+    # event's ``noticed_at``, never from an old reading's time. None only for events built by hand.
+    noticed_at: datetime | None = None
