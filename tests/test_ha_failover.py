@@ -13,8 +13,9 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from park.db import open_pool
-from tests.ha_helpers import until
-from tests.pg_cluster import multi_host_url, primary_and_replica
+from park.db.lease import Elector
+from tests.ha_helpers import migrated, until
+from tests.pg_cluster import multi_host_url, primary_and_replica, wait_streaming
 
 
 @pytest.mark.slow
@@ -70,3 +71,35 @@ def test_pool_on_a_multi_host_url_follows_a_promotion_by_itself() -> None:
         with psycopg.connect(replica.url, autocommit=True) as conn:
             rows = [r[0] for r in conn.execute("SELECT n FROM hwha_writes ORDER BY n").fetchall()]
         assert rows == [n for n, _, _ in acked], "every acknowledged write is on the new primary, once"
+
+
+@pytest.mark.slow
+def test_leadership_moves_to_the_promoted_replica_with_a_higher_epoch() -> None:
+    """Advisory locks are not replicated: after the promotion the instances campaign again there."""
+    with primary_and_replica() as (primary, replica):
+
+        async def go() -> None:
+            await migrated(primary.url)
+            url = multi_host_url(primary, replica)
+            a, b = (Elector(url, name, ttl=2.0, retry_every=0.1) for name in ("a", "b"))
+            tasks = [asyncio.create_task(e.run()) for e in (a, b)]
+            try:
+                await until(lambda: a.leading() is not None or b.leading() is not None, "someone leads")
+                first = (a.leading() or b.leading())
+                assert first is not None and first.epoch == 1
+                await asyncio.to_thread(wait_streaming, primary)
+                await asyncio.to_thread(primary.stop, "fast")
+                await until(lambda: a.leading() is None and b.leading() is None, "the leader steps down")
+                await asyncio.to_thread(replica.promote)
+                promoted = time.monotonic()
+                await until(lambda: a.leading() is not None or b.leading() is not None, "someone leads again")
+                print(f"a leader again {time.monotonic() - promoted:.2f} s after the promotion")
+                again = a.leading() or b.leading()
+                assert again is not None and again.epoch == 2 and again.token != first.token
+                assert [e.leading() is not None for e in (a, b)].count(True) == 1
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run(go())
