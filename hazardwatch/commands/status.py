@@ -18,7 +18,8 @@ from park.settings import load_settings
 from park.sitefile import load_site
 from park.types import to_shanghai
 
-ROLES = {"leader": "主 leader", "standby": "备 standby", "offline": "离线 offline", "stopped": "已停止 stopped"}
+ROLES = {"leader": "主 leader", "standby": "备 standby", "offline": "离线 offline", "starting": "启动中 starting",
+         "stopped": "已停止 stopped"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

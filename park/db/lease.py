@@ -178,7 +178,7 @@ class Elector:
     retry_every: float = 1.0
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    role: str = "offline"  # offline (no database) | standby | leader
+    role: str = "starting"  # starting | offline (no database) | standby | leader
     core: LeaseCore = field(init=False)
     takeovers: int = 0
     renewals: int = 0
@@ -354,6 +354,10 @@ class Elector:
     def _set_role(self, role: str, reason: str) -> None:
         if role == self.role and role != "leader":
             return
+        if role == "offline":  # logged once per outage, not on every retry
+            log.warning("lease %s: %s cannot reach the database, retrying: %s", self.name, self.instance, reason)
+        elif self.role == "offline":
+            log.warning("lease %s: %s reaches the database again", self.name, self.instance)
         self.role = role
         for fn in self._listeners:
             fn(role, self.core.term, reason)
