@@ -103,3 +103,26 @@ def test_leadership_moves_to_the_promoted_replica_with_a_higher_epoch() -> None:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run(go())
+
+
+def test_pool_never_hands_out_a_connection_the_server_ended(db_url: str) -> None:
+    """Every pooled session is ended by the server (as a restart or failover does): the next user
+    gets a working connection, not an error."""
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=2, max_size=2) as pool:
+            async with pool.connection() as c1, pool.connection() as c2:
+                pids = [c1.info.backend_pid, c2.info.backend_pid]
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as admin:
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+
+                async def ended() -> bool:
+                    cur = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+                    return (await cur.fetchone() or [1])[0] == 0
+
+                await until(ended, "the server ends both sessions")
+            for _ in range(3):
+                async with pool.connection(timeout=10) as conn:
+                    await conn.execute("SELECT 1")
+
+    asyncio.run(go())

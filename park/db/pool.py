@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool
 
 # After a failover or a server restart every pooled connection is dead, and a dead primary host
@@ -26,19 +25,22 @@ RECONNECT_TIMEOUT = 10.0
 
 
 async def server_gone(conn: AsyncConnection) -> None:
-    """Raise if the server has closed this connection; no round trip, so free on the hot path.
+    """Raise if the server has ended this connection; free on the hot path.
 
-    A server that stopped, restarted, failed over or ended the session has left an error message
-    and an end-of-file on the socket: reading what is waiting there (without blocking) finds it.
-    A host that vanished without a word is caught by the TCP keepalives instead.
+    An idle pooled connection has nothing waiting on its socket — unless the server stopped,
+    restarted, failed over or ended the session, which leaves a goodbye message and an
+    end-of-file there. Only then is the server asked (one round trip), and the connection
+    refused if it does not answer. A host that vanished without a word is caught by the TCP
+    keepalives instead.
     """
-    pg = conn.pgconn
-    # the first read takes the server's goodbye message, the second meets the end-of-file
-    # (and raises OperationalError); on a healthy idle connection both find nothing waiting
-    pg.consume_input()
-    pg.consume_input()
-    if pg.status != ConnStatus.OK:
-        raise psycopg.OperationalError("the server closed the connection")
+    if _readable(conn.pgconn.socket):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def _readable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(p.poll(0))
 
 
 @asynccontextmanager
