@@ -198,13 +198,13 @@ class CommandClient:
     async def _wait(self, cid: int, ev: asyncio.Event, deadline: float) -> Outcome | None:
         loop = asyncio.get_running_loop()
         while True:
+            ev.clear()  # before looking: a notification that comes while we look is not lost
             out = await self._outcome(cid)
             if out is not None:
                 return out
             left = deadline - loop.time()
             if left <= 0:
                 return None
-            ev.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(self.poll, left))
 
