@@ -284,3 +284,34 @@ def test_leader_steps_down_when_its_term_moved_on(db_url: str) -> None:
             stay_out.set()
 
     run(go())
+
+
+def test_a_leader_whose_own_clock_says_the_lease_ran_out_stops_leading_at_once(db_url: str) -> None:
+    """The process was paused (its monotonic clock jumped): before any IO it no longer leads, its
+    leader work is cancelled, and its loop steps down rather than renew a lease it may have lost."""
+
+    async def go() -> None:
+        await migrated(db_url)
+        fake = [1000.0]
+        a = elector(db_url, "a", monotonic=lambda: fake[0])
+        worked: list[str] = []
+
+        async def work(term: Term) -> None:
+            worked.append(f"start {term.epoch}")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                worked.append(f"cancelled {term.epoch}")
+                raise
+
+        async with running(a), asyncio.TaskGroup() as tg:
+            leading = tg.create_task(a.lead(work))
+            await until(lambda: worked == ["start 1"], "a leads and its work starts")
+            fake[0] += TTL  # a pause as long as the lease
+            assert a.leading() is None  # at once, from the clock alone
+            await until(lambda: worked[:2] == ["start 1", "cancelled 1"], "the work of the lost term is cancelled")
+            await until(lambda: a.last_step_down is not None, "the loop steps down")
+            assert a.last_step_down == "lease ran out before it could be renewed (process paused or starved)"
+            leading.cancel()
+
+    run(go())
