@@ -137,7 +137,8 @@ def test_200_streams_on_one_token_share_one_listener_and_are_capped(make_databas
                 assert during <= max(before, 16) + 1, (before, during)
                 # another operator's command still goes through, and every stream sees the change
                 pub = Publisher(mqtt_url)
-                pub.publish(f"{topic_prefix}/E1/point/AT-1", json.dumps({"value": 60, "ts": int(T0.timestamp() * 1000)}))
+                ms = int(T0.timestamp() * 1000)
+                pub.publish(f"{topic_prefix}/E1/point/AT-1", json.dumps({"value": 60, "ts": ms}))
                 pub.close()
                 await until(lambda: bool(h.rules.engine.alarms))
                 aid = next(iter(h.rules.engine.alarms.values())).alarm_id
@@ -251,6 +252,6 @@ def test_openapi_open_by_default_on_loopback(make_database, mqtt_url: str, topic
             spec = (await client.get("/openapi.json")).json()
             for path, ops in spec["paths"].items():
                 for method, op in ops.items():
-                    assert op.get("summary") and op.get("description"), f"{method} {path} needs a summary and description"
+                    assert op.get("summary") and op.get("description"), f"{method} {path}: summary and description"
 
     asyncio.run(go())

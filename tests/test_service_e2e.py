@@ -155,7 +155,7 @@ def test_ack_link_shows_then_only_post_acknowledges(make_database, mqtt_url: str
             shown = await client.get(path)  # what a chat app's preview does
             assert shown.status_code == 200 and "确认" in shown.text
             assert next(iter(h.rules.engine.alarms.values())).state == "active_unacked"
-            done = await client.post(path, data={"by": "冒名者"})  # a typed name is ignored: the link names its recipient
+            done = await client.post(path, data={"by": "冒名者"})  # a typed name is ignored: the link names whom
             assert done.status_code == 200 and "已确认" in done.text
             assert next(iter(h.rules.engine.alarms.values())).acked_by == "张工（一号化工）"
             assert (await client.get(path[:-3] + "xyz")).status_code == 400  # tampered
