@@ -130,7 +130,8 @@ def alarm_text(rule: str, facts: Mapping[str, Any], value: float | None = None, 
         gas = str(f.get("gas_class", "")).partition(":")[2]
         names = "、".join(map(str, f.get("detectors") or []))
         source = f.get("hazard_source_name") or f.get("hazard_source", "")
-        text = (f"{source} {f.get('above', num(value))}/{f.get('n', '')} 个{gas}{cls}探测器同时报警（{names}），确认泄漏")
+        count = f"{f.get('above', num(value))}/{f.get('n', '')}"
+        text = f"{source} {count} 个{gas}{cls}探测器同时报警（{names}），确认泄漏"
     elif rule == "spark":
         text = f"{who} 火花探测报警"
     elif rule == "fault_signal":

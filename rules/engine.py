@@ -29,7 +29,7 @@ from park.types import GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from
 from rules.base import Arrays, Context, Operator, Readings
 from rules.dust import Dust
 from rules.fault import Fault
-from rules.lifecycle import Alarm, Lifecycle, Signal, Transition
+from rules.lifecycle import Alarm, Lifecycle, Signal, States, Transition
 from rules.liveness import Liveness
 from rules.power import Power
 from rules.rate import Rate
@@ -49,7 +49,7 @@ class RuleEngine:
         self.cfg = config or park.site.alarm_management
         self.ctx = Context(park, self.cfg)
         self.specs = park.sensors
-        self.ent_state: dict[str, EnterpriseState] = {e: ent.state for e, ent in park.enterprises.items()}
+        self.ent_state = States({e: ent.state for e, ent in park.enterprises.items()})
         self.life = Lifecycle(self.cfg, self.ent_state)
         self.liveness = Liveness(self.ctx)
         self.fault = Fault(self.ctx)
@@ -65,6 +65,7 @@ class RuleEngine:
                                           self.power, self.vote, self.trend]
         self.in_service = np.array([s.in_service for s in self.specs], bool)
         self.last_ts = np.full(self.ctx.n, np.iinfo(np.int64).min, np.int64)  # newest reading judged, µs
+        self._scratch = np.zeros(self.ctx.n, np.int32)
 
     # --- views kept for callers -----------------------------------------------------------------
     @property
@@ -111,14 +112,20 @@ class RuleEngine:
             v, q = batch.value, batch.quality
         if not len(idx):
             return None
-        # one sort by (sensor, time): every operator's per-sensor work is a contiguous run
+        # one sort by (sensor, time): every operator's per-sensor work is a contiguous run. A live
+        # batch usually holds each sensor once, and then any order will do: no sort
+        m = len(idx)
+        self._scratch[idx] = np.arange(m, dtype=np.int32)
         t0 = int(ts.min())
         span = int(ts.max()) - t0
-        if span < (1 << 40) and self.ctx.n < (1 << 22):
+        if (self._scratch[idx] == np.arange(m, dtype=np.int32)).all():
+            order = None
+        elif span < (1 << 40) and self.ctx.n < (1 << 22):
             order = np.argsort((idx.astype(np.int64) << 40) | (ts - t0), kind="stable")
         else:
             order = np.lexsort((ts, idx))
-        idx, ts, v, q = idx[order], ts[order], v[order], q[order]
+        if order is not None:
+            idx, ts, v, q = idx[order], ts[order], v[order], q[order]
         # judged once, in order: nothing older than what a sensor was last judged on (redelivery)
         fresh = ts > self.last_ts[idx]
         fresh[1:] &= (idx[1:] != idx[:-1]) | (ts[1:] != ts[:-1])
@@ -272,7 +279,8 @@ class RuleEngine:
     def nbytes(self) -> int:
         """Memory of the per-sensor state (numpy arrays), for the benchmark."""
         return sum(op.nbytes() for op in self.operators) + int(self.ctx.idx_of.nbytes + self.ctx.ent_idx.nbytes
-                                                                + self.in_service.nbytes + self.last_ts.nbytes)
+                                                                + self.in_service.nbytes + self.last_ts.nbytes
+                                                                + self._scratch.nbytes)
 
 
 def _pack(arrays: Arrays) -> bytes:
@@ -287,5 +295,5 @@ def _unpack(blob: bytes) -> Arrays | None:
             if int(z["__version__"]) != SNAPSHOT_VERSION:
                 return None
             return {k: z[k] for k in z.files if k != "__version__"}
-    except (ValueError, KeyError, OSError):
+    except Exception:  # a part written by another version, or damaged: start that part afresh
         return None

@@ -28,7 +28,7 @@ class Fault:
         self.flat = np.zeros(ctx.n, bool)
         self.flat_watch = np.array([not s.kind.is_boolean and s.kind is not SensorKind.POWER for s in specs], bool)
         self.changed_at = np.full(ctx.n, NEVER, np.int64)  # time of the last reading that differed
-        self.last_v = np.full(ctx.n, np.nan)
+        self.last_v = np.full(ctx.n, np.nan, np.float32)  # compared in float32: a stuck value is bit-identical
         self.flat_after = int(ctx.cfg.flatline_after.total_seconds() * 1e6)
 
     def on_readings(self, r: Readings) -> list[Signal]:
@@ -58,8 +58,9 @@ class Fault:
         last = r.last
         self.bad[idx[last]] = bad[last]
         # flat line: when did each sensor's value last change
-        prev_v = r.previous(v, self.last_v)
-        changed = v != prev_v
+        v32 = v.astype(np.float32)
+        prev_v = r.previous(v32, self.last_v)
+        changed = v32 != prev_v
         if self.flat.any():
             for j in np.flatnonzero(changed & self.flat[idx]):
                 i = int(idx[j])
@@ -68,7 +69,7 @@ class Fault:
                     out.append(self.ctx.signal(i, int(ts[j]), "flatline", "fault", False, "fault", value=float(v[j])))
         ch = np.flatnonzero(changed)
         np.maximum.at(self.changed_at, idx[ch], ts[ch])
-        self.last_v[idx[last]] = v[last]
+        self.last_v[idx[last]] = v32[last]
         li, lt = idx[last], ts[last]
         cand = self.flat_watch[li] & ~self.flat[li] & (lt - self.changed_at[li] > self.flat_after)
         for i in map(int, li[cand]):

@@ -135,6 +135,20 @@ class Signal:
     delay_s: float = 0.0
 
 
+class States(dict[str, EnterpriseState]):
+    """Enterprise states, with a version that changes with every write (operators cache by it)."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: EnterpriseState) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.version += 1
+        super().update(*args, **kwargs)
+
+
 class Lifecycle:
     """Every open alarm, and what happens to it. ``out`` collects the transitions of one call."""
 
@@ -149,6 +163,8 @@ class Lifecycle:
         self.flooding: set[str] = set()
         self.out: list[Transition] = []
         self.noticed: datetime | None = None
+        self.timed: set[str] = set()  # keys of alarms a tick must look at (shelved, clear pending)
+        self._pruned_us = 0
 
     # --- conditions from operators --------------------------------------------------------------
     def apply(self, sig: Signal) -> None:
@@ -243,6 +259,7 @@ class Lifecycle:
             return
         if a.chattering and not force and a.hold_until is not None and (self.noticed or when) < a.hold_until:
             a.clear_pending = True  # damped: it clears at the tick after the hold if still normal
+            self.timed.add(key)
             return
         a.condition = False
         a.value = value if value is not None else a.value
@@ -271,7 +288,11 @@ class Lifecycle:
 
     # --- time ---------------------------------------------------------------------------------
     def tick(self, now: datetime) -> None:
-        for a in list(self.alarms.values()):
+        for key in list(self.timed):
+            a = self.alarms.get(key)
+            if a is None or (a.shelved_until is None and not a.clear_pending):
+                self.timed.discard(key)
+                continue
             if a.shelved_until is not None and now >= a.shelved_until:
                 a.shelved_until = None
                 self._emit(a, K.UNSHELVED, now)
@@ -287,7 +308,10 @@ class Lifecycle:
             if len(hist) < self.cfg.flood_count // 2:
                 self.flooding.discard(scope)
                 self.out.append(Transition.of(self._scope_alarm(scope, now), K.FLOOD_END, now, now))
-        # bounded memory: history that can no longer count leaves
+        # bounded memory: history that can no longer count leaves (looked at once a minute)
+        if now_us - self._pruned_us < 60_000_000:
+            return
+        self._pruned_us = now_us
         cwin = int(self.cfg.chatter_window.total_seconds() * 1e6) + 3_600_000_000
         for key in [k for k, h in self.chatter.items() if not h or now_us - h[-1] > cwin]:
             held = self.alarms.get(key)
@@ -298,7 +322,10 @@ class Lifecycle:
                 del self.flood_hist[scope]
 
     def next_wakeup(self, now: datetime, soon: datetime) -> datetime:
-        for a in self.alarms.values():
+        for key in self.timed:
+            a = self.alarms.get(key)
+            if a is None:
+                continue
             for t in (a.shelved_until, a.hold_until if a.clear_pending else None):
                 if t is not None and t < soon:
                     soon = max(now, t)
@@ -334,6 +361,7 @@ class Lifecycle:
         if until <= now:
             raise InvalidTransition(alarm_id, a.state, "shelve until a time in the past")
         a.shelved_until = until
+        self.timed.add(a.key)
         self._emit(a, K.SHELVED, now, by=by, detail={"reason": reason, "until": until.isoformat()})
 
     def unshelve(self, alarm_id: int, by: str, now: datetime) -> None:
@@ -367,6 +395,8 @@ class Lifecycle:
     def restore(self, alarms: list[Alarm]) -> None:
         for a in alarms:
             self.alarms[a.key] = a
+            if a.shelved_until is not None:
+                self.timed.add(a.key)
             if a.alarm_id is not None:
                 self.by_id[a.alarm_id] = a
 

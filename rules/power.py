@@ -39,15 +39,40 @@ class Power:
         self.on = np.zeros(m, bool)
         self.is_member = np.zeros(ctx.n, bool)
         self.is_member[self.members] = True
+        approved = [ctx.park.enterprises[ctx.specs[i].enterprise].approved_load_kw for i in members]
+        self.approved = np.array([np.inf if a is None else a for a in approved])
+        self._version: int | None = None
+        self._stopped_set: set[str] = set()
 
     def on_readings(self, r: Readings) -> list[Signal]:
         if not len(self.members) or not len(r):
             return []
         pos = np.flatnonzero(self.is_member[r.idx] & r.good)
+        if not len(pos):
+            return []
+        k = np.searchsorted(self.members, r.idx[pos])
+        ts, v = r.ts[pos], r.v[pos]
+        stopped = self._stopped()
+        # the usual case, vectorised: a running plant within capacity, same hour, no alarm
+        busy = (ts // HOUR_US != self.acc_hour[k]) | (v > self.approved[k]) | self.on[k]
+        if stopped:
+            busy |= np.array([self.ctx.specs[int(i)].enterprise in stopped for i in r.idx[pos]], bool)
         out: list[Signal] = []
-        for j in pos:  # one meter per enterprise, every minute or slower: few readings
-            self._one(int(r.idx[j]), int(r.ts[j]), float(r.v[j]), out)
+        if busy.any():
+            busy = np.isin(k, k[busy])
+            for j in np.flatnonzero(busy):  # in time order per meter
+                self._one(int(r.idx[pos[j]]), int(ts[j]), float(v[j]), out)
+        calm = ~busy
+        np.add.at(self.acc_sum, k[calm], v[calm])
+        np.add.at(self.acc_n, k[calm], 1)
         return out
+
+    def _stopped(self) -> set[str]:
+        version = getattr(self.ent_state, "version", None)
+        if version is None or version != self._version:
+            self._stopped_set = {e for e, st in self.ent_state.items() if st is not EnterpriseState.RUNNING}
+            self._version = version
+        return self._stopped_set
 
     def _one(self, i: int, ts: int, v: float, out: list[Signal]) -> None:
         k = self.slot[i]

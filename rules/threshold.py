@@ -5,6 +5,9 @@ A level, once reached, holds until the value has come back past the limit by the
 effect at the first reading at or after the delay that still shows it, so a spike shorter than the
 delay never alarms however late its readings arrive, and a clear is never stamped before its raise.
 
+Limits, deadbands and delays are kept once per distinct configuration (most sensors of a kind
+share one), each sensor holding only the index of its own: a few bytes per sensor.
+
 The batch is screened in one vectorised pass against each sensor's level at the start of the
 batch; a sensor none of whose readings would change its level (and with no delay pending) cannot
 change during the batch, so only the others go through Python, reading by reading.
@@ -51,14 +54,23 @@ class Threshold:
         self.ctx = ctx
         cfg = ctx.cfg
         specs = ctx.specs
-        analog = [not s.kind.is_boolean for s in specs]
-        self.hh = np.array([_f(s.limits.hh) if a else np.nan for s, a in zip(specs, analog, strict=True)])
-        self.h = np.array([_f(s.limits.h) if a else np.nan for s, a in zip(specs, analog, strict=True)])
-        self.lo = np.array([_f(s.limits.l) if a else np.nan for s, a in zip(specs, analog, strict=True)])
-        self.ll = np.array([_f(s.limits.ll) if a else np.nan for s, a in zip(specs, analog, strict=True)])
-        self.db = np.array([s.deadband if s.deadband is not None else self._default_deadband(s) for s in specs])
-        self.on_delay = np.array([(s.on_delay or cfg.on_delay).total_seconds() for s in specs], np.float32)
-        self.off_delay = np.array([(s.off_delay or cfg.off_delay).total_seconds() for s in specs], np.float32)
+        table: dict[tuple[float, ...], int] = {}
+        cid = []
+        for s in specs:
+            if s.kind.is_boolean:
+                row: tuple[float, ...] = (np.nan, np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)
+            else:
+                row = (_f(s.limits.hh), _f(s.limits.h), _f(s.limits.l), _f(s.limits.ll),
+                       s.deadband if s.deadband is not None else self._default_deadband(s),
+                       (s.on_delay or cfg.on_delay).total_seconds(), (s.off_delay or cfg.off_delay).total_seconds())
+            key = tuple(-1e300 if x != x else x for x in row)  # NaN never equals itself: key on a stand-in
+            cid.append(table.setdefault(key, len(table)))
+        rows = np.array(list(table), np.float64).reshape(-1, 7) if table else np.zeros((0, 7))
+        rows[rows == -1e300] = np.nan
+        self.cid = np.array(cid, np.uint16 if len(table) < 65536 else np.int32)
+        # per configuration
+        self.c_hh, self.c_h, self.c_lo, self.c_ll, self.c_db = (np.ascontiguousarray(rows[:, k]) for k in range(5))
+        self.c_on_delay, self.c_off_delay = rows[:, 5], rows[:, 6]
         self.level = np.zeros(ctx.n, np.int8)
         self.pending: dict[int, tuple[int, int]] = {}  # sensor -> (target level, since µs)
 
@@ -67,7 +79,12 @@ class Threshold:
         return (min(lims) if lims else 0.0) * self.ctx.cfg.deadband_fraction
 
     def limit(self, i: int, lvl: int) -> float:
-        return float({2: self.hh, 1: self.h, -1: self.lo, -2: self.ll}[lvl][i])
+        return float({2: self.c_hh, 1: self.c_h, -1: self.c_lo, -2: self.c_ll}[lvl][self.cid[i]])
+
+    def limits(self, i: np.ndarray) -> tuple[F64, F64, F64, F64]:
+        """HH, H, L, LL of sensors ``i`` (NaN: none)."""
+        c = self.cid[i]
+        return self.c_hh[c], self.c_h[c], self.c_lo[c], self.c_ll[c]
 
     # --- readings -----------------------------------------------------------------------------
     def on_readings(self, r: Readings) -> list[Signal]:
@@ -75,7 +92,8 @@ class Threshold:
             return []
         idx = r.idx
         cur = self.level[idx]
-        tgt = levels(r.v, cur, self.hh[idx], self.h[idx], self.lo[idx], self.ll[idx], self.db[idx])
+        c = self.cid[idx]
+        tgt = levels(r.v, cur, self.c_hh[c], self.c_h[c], self.c_lo[c], self.c_ll[c], self.c_db[c])
         moving = (tgt != cur) & r.good
         if self.pending:
             moving |= np.isin(idx, np.fromiter(self.pending, np.int32, len(self.pending))) & r.good
@@ -90,14 +108,15 @@ class Threshold:
 
     def _target(self, i: int, v: float) -> int:
         cur = int(self.level[i])
-        db = float(self.db[i])
-        if v >= self.hh[i] or (cur >= 2 and v > self.hh[i] - db):
+        c = self.cid[i]
+        hh, h, lo, ll, db = self.c_hh[c], self.c_h[c], self.c_lo[c], self.c_ll[c], self.c_db[c]
+        if v >= hh or (cur >= 2 and v > hh - db):
             return 2
-        if v >= self.h[i] or (cur >= 1 and v > self.h[i] - db):
+        if v >= h or (cur >= 1 and v > h - db):
             return 1
-        if v <= self.ll[i] or (cur <= -2 and v < self.ll[i] + db):
+        if v <= ll or (cur <= -2 and v < ll + db):
             return -2
-        if v <= self.lo[i] or (cur <= -1 and v < self.lo[i] + db):
+        if v <= lo or (cur <= -1 and v < lo + db):
             return -1
         return 0
 
@@ -108,7 +127,8 @@ class Threshold:
             self.pending.pop(i, None)
             return
         worse = abs(target) > abs(cur) or target * cur < 0
-        delay_us = float(self.on_delay[i] if worse else self.off_delay[i]) * 1e6
+        c = self.cid[i]
+        delay_us = float(self.c_on_delay[c] if worse else self.c_off_delay[c]) * 1e6
         if delay_us > 0:
             pend = self.pending.get(i)
             if pend is None or pend[0] != target:
@@ -160,4 +180,5 @@ class Threshold:
             self.level[i] = -2 if lvl == "LL" else -1
 
     def nbytes(self) -> int:
-        return arrays_nbytes(self.hh, self.h, self.lo, self.ll, self.db, self.on_delay, self.off_delay, self.level)
+        return arrays_nbytes(self.cid, self.level, self.c_hh, self.c_h, self.c_lo, self.c_ll, self.c_db,
+                             self.c_on_delay, self.c_off_delay)

@@ -17,22 +17,20 @@ samples turn away, or when the projection is beyond 1.5 × the horizon.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 
 from park.site import SensorKind
 from park.types import from_epoch_us
-from rules.base import NEVER, Arrays, Context, Readings, arrays_nbytes, by_id
+from rules.base import F64, NEVER, Arrays, B, Context, Readings, arrays_nbytes, by_id
 from rules.lifecycle import Alarm, Signal
 from rules.threshold import LEVEL_NAMES, Threshold
 
 K = 16  # samples kept per watched sensor
 RECENT = 4  # the newest samples whose slope must still point at the limit
 CLEAR_FACTOR = 1.5
-EMPTY = np.iinfo(np.int32).min
-TICK_US = 100_000  # sample times are kept in deciseconds from a base, as int32
 _PAIRS = np.triu_indices(K, 1)
-_MAX_DS = 2**31 - 2
 
 
 class Trend:
@@ -50,17 +48,28 @@ class Trend:
         self.slot = np.full(ctx.n, -1, np.int32)
         self.slot[self.members] = np.arange(len(members), dtype=np.int32)
         m = len(members)
-        window = np.array([(specs[i].trend_window or cfg.trend_window).total_seconds() for i in members], np.float32)
-        self.window = window
-        self.horizon = np.array([(specs[i].trend_horizon or cfg.trend_horizon).total_seconds() for i in members],
-                                np.float32)
-        self.every_us = (window.astype(np.float64) * 1e6 / K).astype(np.int64)
-        self.t = np.full((m, K), EMPTY, np.int32)
+        # window and horizon once per distinct setting; each watched sensor keeps an index
+        table: dict[tuple[float, float], int] = {}
+        tcid = [table.setdefault(((specs[i].trend_window or cfg.trend_window).total_seconds(),
+                                  (specs[i].trend_horizon or cfg.trend_horizon).total_seconds()), len(table))
+                for i in members]
+        rows = np.array(list(table), np.float64).reshape(-1, 2)
+        self.tcid = np.array(tcid, np.uint8 if len(table) < 256 else np.int32)
+        self.c_window, self.c_horizon = rows[:, 0], rows[:, 1]
+        self.c_every = (rows[:, 0] * 1e6 / K).astype(np.int64)  # µs per sampling step
+        hh, h, lo, ll = threshold.limits(self.members)
+        self.up = np.where(np.isfinite(h), h, hh).astype(np.float32)  # the limit projected to, NaN: none
+        self.down = np.where(np.isfinite(lo), lo, ll).astype(np.float32)
+        self.up_level = np.where(np.isfinite(h), 1, 2).astype(np.int8)
+        self.down_level = np.where(np.isfinite(lo), -1, -2).astype(np.int8)
+        # the ring: values (NaN: empty) and times packed in 16 bits — the sampling step's index
+        # modulo 256 and the position inside the step in 1/256ths; every sample kept is within
+        # 2 × K steps of the newest, so the step index is always recovered exactly
         self.v = np.full((m, K), np.nan, np.float32)
+        self.tq = np.zeros((m, K), np.uint16)
         self.pos = np.zeros(m, np.uint8)
-        self.last_bucket = np.full(m, -1, np.int64)
+        self.last_bucket = np.full(m, np.iinfo(np.int64).min // 2, np.int64)
         self.on = np.zeros(m, bool)
-        self.base_us: int | None = None
         self.min_points = cfg.trend_min_points
 
     # --- readings -----------------------------------------------------------------------------
@@ -76,7 +85,8 @@ class Trend:
         if not len(pos):
             return
         sl, ts, v = slot[pos], r.ts[pos], r.v[pos]
-        bucket = ts // self.every_us[sl]
+        every = self.c_every[self.tcid[sl]]
+        bucket = ts // every
         first = np.ones(len(pos), bool)
         first[1:] = sl[1:] != sl[:-1]
         prev = np.empty_like(bucket)
@@ -85,38 +95,46 @@ class Trend:
         new = np.flatnonzero(bucket != prev)
         if not len(new):
             return
-        sl, ts, v, bucket = sl[new], ts[new], v[new], bucket[new]
-        if self.base_us is None:
-            self.base_us = int(ts.min()) - 8 * 86_400_000_000
-        if int(ts.max()) - self.base_us >= _MAX_DS * TICK_US:
-            self._rebase(int(ts.max()))
+        sl, ts, v, bucket, every = sl[new], ts[new], v[new], bucket[new], every[new]
+        frac = np.minimum(255, (ts - bucket * every) * 256 // every)
+        tq = (((bucket & 0xFF) << 8) | frac).astype(np.uint16)
         n = len(sl)
         start = np.ones(n, bool)
         start[1:] = sl[1:] != sl[:-1]
-        group_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
-        rank = np.arange(n) - group_start
-        end = np.ones(n, bool)
-        end[:-1] = start[1:]
-        self.last_bucket[sl[end]] = bucket[end]
-        t_ds = ((ts - self.base_us) // TICK_US).astype(np.int32)
+        rank = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
         for k in range(int(rank.max()) + 1):
             sel = np.flatnonzero(rank == k)
-            s_k = sl[sel]
+            s_k, b_k = sl[sel], bucket[sel]
+            gap = b_k - self.last_bucket[s_k]
+            if (gap >= K).any():
+                self.v[s_k[gap >= K]] = np.nan  # everything kept is outside the window now
             p = self.pos[s_k]
-            self.t[s_k, p] = t_ds[sel]
             self.v[s_k, p] = v[sel]
+            self.tq[s_k, p] = tq[sel]
             self.pos[s_k] = (p + 1) % K
-            self._project(s_k, ts[sel], t_ds[sel], v[sel], obs)
+            self.last_bucket[s_k] = b_k
+            self._project(s_k, ts[sel], b_k, every[sel], v[sel], obs)
 
-    def _project(self, s_k: np.ndarray, ts: np.ndarray, t_ds: np.ndarray, v: np.ndarray,
+    def _times(self, s_k: np.ndarray, b_k: np.ndarray, every: np.ndarray, now_us: np.ndarray) -> tuple[F64, B]:
+        """Sample times (seconds before now) of rows ``s_k`` whose newest step is ``b_k``; valid mask."""
+        tq = self.tq[s_k].astype(np.int64)
+        age = (b_k[:, None] - (tq >> 8)) & 0xFF
+        t_us = (b_k[:, None] - age) * every[:, None] + ((tq & 0xFF) * every[:, None]) // 256
+        ok = np.isfinite(self.v[s_k]) & (age < K)
+        return (t_us - now_us[:, None]) / 1e6, ok
+
+    def _project(self, s_k: np.ndarray, ts: np.ndarray, b_k: np.ndarray, every: np.ndarray, v: np.ndarray,
                  obs: list[tuple[int, int, float, float, float, float]]) -> None:
-        tw = self.t[s_k]
-        valid = (tw != EMPTY) & (tw >= (t_ds - (self.window[s_k] * 10).astype(np.int32))[:, None])
+        T, valid = self._times(s_k, b_k, every, ts)
+        stale = np.isfinite(self.v[s_k]) & ~valid
+        if stale.any():  # keeps every sample within K steps of the newest (exact 16-bit times)
+            rows, cols = np.nonzero(stale)
+            self.v[s_k[rows], cols] = np.nan
         n = valid.sum(axis=1)
         enough = n >= self.min_points
         if not enough.any() and not self.on[s_k].any():
             return
-        T = np.where(valid, (tw - t_ds[:, None]) / 10.0, 0.0)  # seconds before now
+        T = np.where(valid, T, 0.0)
         V = np.where(valid, self.v[s_k].astype(np.float64), 0.0)
         w = valid.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -125,7 +143,8 @@ class Trend:
             dt = (T - mt[:, None]) * w
             slope = (dt * (V - mv[:, None])).sum(axis=1) / (dt * dt).sum(axis=1)
             eta = self._eta(s_k, v, slope)
-        near = (enough & (eta <= 2 * self.horizon[s_k])) | self.on[s_k]
+        horizon = self.c_horizon[self.tcid[s_k]]
+        near = (enough & (eta <= 2 * horizon)) | self.on[s_k]
         rows = np.flatnonzero(near)
         if not len(rows):
             return
@@ -138,8 +157,7 @@ class Trend:
             obs.append((int(ts[row]), int(s_k[row]), float(v[row]), float(robust[q]), e, float(recent[q])))
 
     def _eta(self, s_k: np.ndarray, v: np.ndarray, slope: np.ndarray) -> np.ndarray:
-        i = self.members[s_k]
-        up, down = self._up(i), self._down(i)
+        up, down = self.up[s_k], self.down[s_k]
         eta = np.full(len(s_k), np.inf)
         rise = (slope > 0) & np.isfinite(up)
         fall = (slope < 0) & np.isfinite(down)
@@ -147,14 +165,6 @@ class Trend:
         eta[fall] = (v[fall] - down[fall]) / -slope[fall]
         eta[~np.isfinite(slope)] = np.inf
         return eta
-
-    def _up(self, i: np.ndarray) -> np.ndarray:
-        h = self.th.h[i]
-        return np.where(np.isfinite(h), h, self.th.hh[i])
-
-    def _down(self, i: np.ndarray) -> np.ndarray:
-        lo = self.th.lo[i]
-        return np.where(np.isfinite(lo), lo, self.th.ll[i])
 
     def _recent(self, s_k: np.ndarray, T: np.ndarray, V: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Least-squares slope of the newest RECENT samples (ring positions before ``pos``)."""
@@ -185,8 +195,9 @@ class Trend:
             changes = lvl_events.get(sl, [])
             i = int(self.members[sl])
             level = changes[0][1] if changes else int(self.th.level[i])
-            events = sorted([(c[0], 0, c) for c in changes] + [(o[0], 1, o) for o in by_slot.get(sl, [])],
-                            key=lambda e: (e[0], e[1]))
+            events: list[tuple[int, int, Any]] = [(c[0], 0, c) for c in changes]
+            events += [(o[0], 1, o) for o in by_slot.get(sl, [])]
+            events.sort(key=lambda e: (e[0], e[1]))
             for ts, what, item in events:
                 if what == 0:
                     level = int(item[2])
@@ -194,38 +205,29 @@ class Trend:
                         self.on[sl] = False
                         out.append(self.ctx.signal(i, ts, "trend", "trend", False, "trend"))
                 elif level == 0:
-                    self._judge(sl, i, item, out)  # type: ignore[arg-type]
+                    self._judge(sl, i, item, out)
         return out
 
     def _judge(self, sl: int, i: int, o: tuple[int, int, float, float, float, float], out: list[Signal]) -> None:
         ts, _s, v, slope, eta, recent = o
-        horizon = float(self.horizon[sl])
-        up = float(self._up(np.array([i]))[0])
-        down = float(self._down(np.array([i]))[0])
-        target = up if slope > 0 and np.isfinite(up) else down if slope < 0 and np.isfinite(down) else None
-        toward = target is not None and np.isfinite(recent) and (recent > 0) == (slope > 0) and recent != 0
+        horizon = float(self.c_horizon[self.tcid[sl]])
+        up, down = float(self.up[sl]), float(self.down[sl])
+        rising = slope > 0
+        target = up if rising and np.isfinite(up) else down if slope < 0 and np.isfinite(down) else None
+        toward = target is not None and np.isfinite(recent) and recent != 0 and (recent > 0) == rising
         if target is not None and toward and np.isfinite(eta) and 0 < eta <= horizon:
             self.on[sl] = True
-            lvl = 1 if target == self.th.h[i] else 2 if target == self.th.hh[i] else -1 if target == self.th.lo[i] \
-                else -2
+            lvl = int(self.up_level[sl] if rising else self.down_level[sl])
+            target = self.th.limit(i, lvl)  # exact (the ring keeps float32)
             eta_at = from_epoch_us(ts) + timedelta(seconds=eta)
             facts = self.ctx.facts(i) | {"eta_s": round(eta), "eta_at": eta_at.isoformat(),
                                          "slope_per_min": round(slope * 60, 6), "target_level": LEVEL_NAMES[lvl],
-                                         "direction": "up" if slope > 0 else "down"}
+                                         "direction": "up" if rising else "down"}
             out.append(self.ctx.signal(i, ts, "trend", "trend", True, "trend", value=v, limit=target, facts=facts,
                                        severity=self.ctx.cfg.severity.trend))
-        elif self.on[sl] and (target is None or not toward or (not np.isfinite(eta) and not np.isnan(eta))
-                              or eta > CLEAR_FACTOR * horizon):
+        elif self.on[sl] and (target is None or not toward or (np.isinf(eta) or eta > CLEAR_FACTOR * horizon)):
             self.on[sl] = False
             out.append(self.ctx.signal(i, ts, "trend", "trend", False, "trend", value=v))
-
-    def _rebase(self, newest_us: int) -> None:
-        assert self.base_us is not None
-        new_base = newest_us - 8 * 86_400_000_000
-        shift = (new_base - self.base_us) // TICK_US
-        keep = (self.t != EMPTY) & (self.t.astype(np.int64) - shift > EMPTY)
-        self.t = np.where(keep, self.t.astype(np.int64) - shift, EMPTY).astype(np.int32)
-        self.base_us += shift * TICK_US
 
     # --- the rest of the shape -----------------------------------------------------------------
     def on_tick(self, now_us: int) -> list[Signal]:
@@ -235,12 +237,13 @@ class Trend:
         return None
 
     def snapshot(self) -> Arrays:
-        have = np.flatnonzero((self.t != EMPTY).any(axis=1))
-        t = self.t[have].astype(np.int64)
-        base = self.base_us or 0
-        t_us = np.where(t != EMPTY, t * TICK_US + base, NEVER)
+        have = np.flatnonzero(np.isfinite(self.v).any(axis=1))
+        every = self.c_every[self.tcid[have]]
+        b = self.last_bucket[have]
+        T, ok = self._times(have, b, every, np.zeros(len(have), np.int64))
+        t_us = np.where(ok, np.round(T * 1e6).astype(np.int64), NEVER)
         return {"sensor_id": self.ctx.ids[self.members[have]], "t_us": t_us, "v": self.v[have],
-                "pos": self.pos[have], "last_bucket": self.last_bucket[have]}
+                "pos": self.pos[have], "last_bucket": b}
 
     def restore(self, snap: Arrays) -> None:
         idx, ok = by_id(self.ctx, snap["sensor_id"])
@@ -248,25 +251,23 @@ class Trend:
         keep = sl >= 0
         if not keep.any():
             return
-        t_us = snap["t_us"][keep]
-        real = t_us != NEVER
-        if self.base_us is None:
-            self.base_us = int(t_us[real].min()) - 8 * 86_400_000_000 if real.any() else None
-        if self.base_us is None:
-            return
-        rel = np.where(real, (t_us - self.base_us) // TICK_US, EMPTY)
-        self.t[sl[keep]] = np.clip(rel, EMPTY, _MAX_DS).astype(np.int32)
-        self.v[sl[keep]] = snap["v"][keep]
-        self.pos[sl[keep]] = snap["pos"][keep]
-        self.last_bucket[sl[keep]] = snap["last_bucket"][keep]
+        s, t_us, v = sl[keep], snap["t_us"][keep], snap["v"][keep]
+        every = self.c_every[self.tcid[s]][:, None]
+        real = (t_us != NEVER) & np.isfinite(v)
+        bucket = np.where(real, t_us // every, 0)
+        frac = np.where(real, np.minimum(255, (t_us - bucket * every) * 256 // every), 0)
+        self.tq[s] = (((bucket & 0xFF) << 8) | frac).astype(np.uint16)
+        self.v[s] = np.where(real, v, np.nan)
+        self.pos[s] = snap["pos"][keep]
+        self.last_bucket[s] = snap["last_bucket"][keep]
 
     def adopt(self, alarm: Alarm, i: int) -> None:
         if i >= 0 and alarm.rule == "trend" and alarm.condition and self.slot[i] >= 0:
             self.on[self.slot[i]] = True
 
     def nbytes(self) -> int:
-        return arrays_nbytes(self.members, self.slot, self.window, self.horizon, self.every_us, self.t, self.v,
-                             self.pos, self.last_bucket, self.on)
+        return arrays_nbytes(self.members, self.slot, self.tcid, self.up, self.down, self.up_level, self.down_level,
+                             self.v, self.tq, self.pos, self.last_bucket, self.on)
 
 
 def _theil_sen(T: np.ndarray, V: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -10,8 +10,6 @@ batch, so a backlog votes exactly as the same readings would have live.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from park.model import VOTE_K_DEFAULT
@@ -22,25 +20,13 @@ from rules.lifecycle import Alarm, Signal
 VOTING_KINDS = (SensorKind.GAS_COMBUSTIBLE, SensorKind.GAS_TOXIC)
 
 
-@dataclass(frozen=True, slots=True)
-class VoteGroup:
-    enterprise: str
-    hazard_source: str
-    name: str
-    gas_class: str  # "gas_combustible", or "gas_toxic:H2S"
-    k: int
-    members: tuple[int, ...]  # dense sensor indices
-
-    @property
-    def key(self) -> str:
-        return f"h:{self.enterprise}:{self.hazard_source}:vote:{self.gas_class}"
-
-
 def gas_class(kind: SensorKind, gas: str | None) -> str:
     return kind.value if kind is SensorKind.GAS_COMBUSTIBLE else f"{kind.value}:{(gas or '').upper()}"
 
 
 class Vote:
+    """Groups kept compactly: members of group g are ``members[start[g]:start[g + 1]]``."""
+
     name = "vote"
 
     def __init__(self, ctx: Context) -> None:
@@ -50,52 +36,65 @@ class Vote:
         for i, s in enumerate(ctx.specs):
             if s.kind in VOTING_KINDS and s.hazard_source and s.in_service:
                 by_class.setdefault((s.enterprise, s.hazard_source, gas_class(s.kind, s.gas)), []).append(i)
-        self.groups: list[VoteGroup] = []
-        self.group_of: dict[int, int] = {}
-        for (ent, code, cls), members in by_class.items():
+        self.group_of = np.full(ctx.n, -1, np.int32)
+        self.keys: list[str] = []
+        self.where: list[tuple[str, str, str, str]] = []  # (enterprise, source code, source name, gas class)
+        ks: list[int] = []
+        members: list[int] = []
+        starts = [0]
+        for (ent, code, cls), group in by_class.items():
             hs = next(h for h in park.enterprises[ent].hazard_sources if h.code == code)
             k = VOTE_K_DEFAULT if hs.vote_k is None else hs.vote_k
-            if k < 1 or len(members) < max(k, 2):
+            if k < 1 or len(group) < max(k, 2):
                 continue
-            for m in members:
-                self.group_of[m] = len(self.groups)
-            self.groups.append(VoteGroup(ent, code, hs.name, cls, k, tuple(members)))
-        self.above: list[set[int]] = [set() for _ in self.groups]
-        self.on = np.zeros(len(self.groups), bool)
-        self.by_key = {g.key: n for n, g in enumerate(self.groups)}
+            self.group_of[group] = len(self.keys)
+            self.keys.append(f"h:{ent}:{code}:vote:{cls}")
+            self.where.append((ent, code, hs.name, cls))
+            ks.append(k)
+            members += group
+            starts.append(len(members))
+        self.k = np.array(ks, np.int16)
+        self.members = np.array(members, np.int32)
+        self.start = np.array(starts, np.int32)
+        self.count = np.zeros(len(self.keys), np.int16)  # members at or above first level
+        self.above = np.zeros(ctx.n, bool)
+        self.on = np.zeros(len(self.keys), bool)
+        self.by_key = {key: g for g, key in enumerate(self.keys)}
+
+    def group(self, g: int) -> np.ndarray:
+        return self.members[self.start[g]:self.start[g + 1]]
 
     def on_readings(self, r: Readings) -> list[Signal]:
         out: list[Signal] = []
-        if not self.groups:
+        if not self.keys:
             return out
         for ts, i, old, new in r.level_changes:  # in time order across the batch
-            g = self.group_of.get(i)
-            if g is None or (old >= 1) == (new >= 1):
+            g = int(self.group_of[i])
+            if g < 0 or (old >= 1) == (new >= 1):
                 continue
-            if new >= 1:
-                self.above[g].add(i)
-            else:
-                self.above[g].discard(i)
+            self.above[i] = new >= 1
+            self.count[g] += 1 if new >= 1 else -1
             self._judge(g, ts, out)
         return out
 
     def _judge(self, g: int, ts: int, out: list[Signal]) -> None:
-        grp = self.groups[g]
-        n_above = len(self.above[g])
-        if n_above >= grp.k:
+        ent, code, name, cls = self.where[g]
+        n_above, k = int(self.count[g]), int(self.k[g])
+        if n_above >= k:
             specs = self.ctx.specs
-            voters = sorted(self.above[g], key=lambda m: specs[m].tag)
-            facts = {"hazard_source": grp.hazard_source, "hazard_source_name": grp.name, "gas_class": grp.gas_class,
-                     "k": grp.k, "n": len(grp.members), "above": n_above,
-                     "detectors": [specs[m].tag for m in voters],
+            grp = self.group(g)
+            voters = sorted((int(m) for m in grp[self.above[grp]]), key=lambda m: specs[m].tag)
+            first = specs[int(grp[0])]
+            facts = {"hazard_source": code, "hazard_source_name": name, "gas_class": cls, "k": k, "n": len(grp),
+                     "above": n_above, "detectors": [specs[m].tag for m in voters],
                      "detector_names": [specs[m].display_name for m in voters],
-                     "kind": specs[grp.members[0]].kind.value, "unit": specs[grp.members[0]].unit}
+                     "kind": first.kind.value, "unit": first.unit}
             self.on[g] = True
-            out.append(Signal(ts, grp.key, "vote", True, grp.enterprise, severity=self.ctx.cfg.severity.vote,
-                              value=float(n_above), limit=float(grp.k), facts=facts, order=4))
+            out.append(Signal(ts, self.keys[g], "vote", True, ent, severity=self.ctx.cfg.severity.vote,
+                              value=float(n_above), limit=float(k), facts=facts, order=4))
         elif self.on[g]:
             self.on[g] = False
-            out.append(Signal(ts, grp.key, "vote", False, grp.enterprise, value=float(n_above), order=4))
+            out.append(Signal(ts, self.keys[g], "vote", False, ent, value=float(n_above), order=4))
 
     def on_tick(self, now_us: int) -> list[Signal]:
         return []
@@ -115,8 +114,10 @@ class Vote:
 
     def recount(self, level: np.ndarray) -> None:
         """After a restart: who is above first level, from the restored threshold levels."""
-        for g, grp in enumerate(self.groups):
-            self.above[g] = {m for m in grp.members if level[m] >= 1}
+        self.above[:] = False
+        self.above[self.members] = level[self.members] >= 1
+        for g in range(len(self.keys)):
+            self.count[g] = int(self.above[self.group(g)].sum())
 
     def nbytes(self) -> int:
-        return arrays_nbytes(self.on) + 64 * len(self.group_of)
+        return arrays_nbytes(self.group_of, self.k, self.members, self.start, self.count, self.above, self.on)
