@@ -1,5 +1,9 @@
-"""Rate of change: a value rising (or falling) faster than the sensor's limit per minute, judged
-between each reading and the one before it of the same sensor, vectorised over the batch.
+"""Rate of change: a value rising (or falling) faster than the sensor's limit per minute.
+
+A limit per minute is judged over about a minute: the first reading in each minute of reading
+time is compared with the first reading of the minute before (or of the last minute that had
+one), so instrument noise between readings seconds apart is not a "rate" — and which readings are
+compared depends only on their times, so a backlog is judged exactly as live. Vectorised.
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ import numpy as np
 
 from rules.base import NEVER, Arrays, Context, Readings, arrays_nbytes, by_id
 from rules.lifecycle import Alarm, Signal
+
+SPAN_US = 60_000_000
 
 
 class Rate:
@@ -26,6 +32,7 @@ class Rate:
         self.prev_ts = np.full(len(members), NEVER, np.int64)
         self.prev_v = np.full(len(members), np.nan)
         self.state = np.zeros(len(members), np.int8)  # +1 rising too fast, -1 falling too fast
+        self.last_minute = np.full(len(members), -1, np.int64)
 
     def on_readings(self, r: Readings) -> list[Signal]:
         if self.slot is None or not len(r):
@@ -35,7 +42,18 @@ class Rate:
         if not m.any():
             return []
         pos = np.flatnonzero(m)
-        sl, ts, v = slot[pos], r.ts[pos], r.v[pos]
+        sl, ts = slot[pos], r.ts[pos]
+        minute = ts // SPAN_US
+        first = np.ones(len(pos), bool)
+        first[1:] = sl[1:] != sl[:-1]
+        prev_minute = np.empty_like(minute)
+        prev_minute[1:] = minute[:-1]
+        prev_minute[first] = self.last_minute[sl[first]]
+        point = np.flatnonzero(minute != prev_minute)  # the first reading of each minute
+        if not len(point):
+            return []
+        pos, sl, ts, minute = pos[point], sl[point], ts[point], minute[point]
+        v = r.v[pos]
         first = np.ones(len(pos), bool)
         first[1:] = sl[1:] != sl[:-1]
         pt = np.empty_like(ts)
@@ -69,6 +87,7 @@ class Rate:
         last[:-1] = first[1:]
         ls = sl[last]
         self.prev_ts[ls], self.prev_v[ls], self.state[ls] = ts[last], v[last], state[last]
+        self.last_minute[ls] = minute[last]
         return out
 
     def on_tick(self, now_us: int) -> list[Signal]:
@@ -78,7 +97,8 @@ class Rate:
         return None
 
     def snapshot(self) -> Arrays:
-        return {"sensor_id": self.ctx.ids[self.members], "prev_ts": self.prev_ts, "prev_v": self.prev_v}
+        return {"sensor_id": self.ctx.ids[self.members], "prev_ts": self.prev_ts, "prev_v": self.prev_v,
+                "last_minute": self.last_minute}
 
     def restore(self, snap: Arrays) -> None:
         if self.slot is None:
@@ -88,6 +108,7 @@ class Rate:
         keep = sl >= 0
         self.prev_ts[sl[keep]] = snap["prev_ts"][ok][keep]
         self.prev_v[sl[keep]] = snap["prev_v"][ok][keep]
+        self.last_minute[sl[keep]] = snap["last_minute"][ok][keep]
 
     def adopt(self, alarm: Alarm, i: int) -> None:
         if self.slot is not None and i >= 0 and alarm.rule == "rate" and alarm.condition and self.slot[i] >= 0:
@@ -95,4 +116,5 @@ class Rate:
 
     def nbytes(self) -> int:
         base = arrays_nbytes(self.slot) if self.slot is not None else 0
-        return base + arrays_nbytes(self.members, self.rise, self.fall, self.prev_ts, self.prev_v, self.state)
+        return base + arrays_nbytes(self.members, self.rise, self.fall, self.prev_ts, self.prev_v, self.state,
+                                    self.last_minute)

@@ -88,6 +88,20 @@ def test_rate_of_change() -> None:
     assert d.read(180, "TT", 33) == [("cleared", "rate", "TT", "yellow")]
 
 
+def test_rate_is_judged_over_a_minute_not_on_the_noise_between_readings() -> None:
+    d = Driver()
+    # TT rise limit 5/min: readings 10 s apart flicker by 1 °C (6/min between neighbours), no trend
+    out = []
+    for k in range(60):
+        out += d.read(k * 10, "TT", 20.0 + (k % 2))
+    assert [o for o in out if o[1] == "rate"] == []
+    # one ramp 8 °C/min: alarms within about a minute
+    out = []
+    for k in range(60, 80):
+        out += d.read(k * 10, "TT", 20.0 + (k - 60) * 8 / 6)
+    assert ("raised", "rate", "TT", "yellow") in out
+
+
 def test_trend_warning_comes_before_the_hh_limit() -> None:
     d = Driver()
     # PT climbs 0.02 per minute from 1.0: H (1.6) at 30 min, HH (2.0) at 50 min; a 20-minute horizon
