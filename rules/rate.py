@@ -1,9 +1,9 @@
 """Rate of change: a value rising (or falling) faster than the sensor's limit per minute.
 
-A limit per minute is judged over about a minute: the first reading in each minute of reading
-time is compared with the first reading of the minute before (or of the last minute that had
-one), so instrument noise between readings seconds apart is not a "rate" — and which readings are
-compared depends only on their times, so a backlog is judged exactly as live. Vectorised.
+A limit per minute is judged over spans of at least half a minute: the first reading in each
+30-second step of reading time is compared with the first reading of the step before (or of the
+last step that had one), so instrument noise between readings seconds apart is not a "rate" — and
+which readings are compared depends only on their times, so a backlog is judged exactly as live.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from rules.base import NEVER, Arrays, Context, Readings, arrays_nbytes, by_id
 from rules.lifecycle import Alarm, Signal
 
-SPAN_US = 60_000_000
+SPAN_US = 30_000_000
 
 
 class Rate:
@@ -49,7 +49,7 @@ class Rate:
         prev_minute = np.empty_like(minute)
         prev_minute[1:] = minute[:-1]
         prev_minute[first] = self.last_minute[sl[first]]
-        point = np.flatnonzero(minute != prev_minute)  # the first reading of each minute
+        point = np.flatnonzero(minute != prev_minute)  # the first reading of each step
         if not len(point):
             return []
         pos, sl, ts, minute = pos[point], sl[point], ts[point], minute[point]

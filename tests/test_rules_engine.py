@@ -88,7 +88,7 @@ def test_rate_of_change() -> None:
     assert d.read(180, "TT", 33) == [("cleared", "rate", "TT", "yellow")]
 
 
-def test_rate_is_judged_over_a_minute_not_on_the_noise_between_readings() -> None:
+def test_rate_is_judged_over_half_a_minute_or_more_not_on_the_noise_between_readings() -> None:
     d = Driver()
     # TT rise limit 5/min: readings 10 s apart flicker by 1 °C (6/min between neighbours), no trend
     out = []
