@@ -147,8 +147,11 @@ async def _drained(rules: RulesService, inbox: Inbox) -> None:
     """Until the stage has taken and judged everything put in its inbox."""
     for _ in range(500):
         if inbox.empty():
-            async with rules._lock:  # the item taken last is judged and stored once the lock is free
-                return
+            # the item taken last is judged and stored once the lock is free (generous deadline: a
+            # store retrying against a busy shared server says so instead of hanging)
+            await asyncio.wait_for(rules._lock.acquire(), 60)
+            rules._lock.release()
+            return
         await asyncio.sleep(0.01)
     raise AssertionError("the rule stage did not drain its inbox")
 
