@@ -142,7 +142,10 @@ class HazardSource(Strict):
     code: Code
     name: str
     grade: int = Field(ge=1, le=4)  # 重大危险源等级 1 (highest) – 4
-    vote_k: int | None = Field(default=None, ge=1)  # k-of-n gas detectors confirm a leak
+    # Voting (CONTRACT §3): k of the source's gas detectors of one class (combustible; toxic of one
+    # gas) at or above first level confirm a leak. Unset: 2-out-of-N wherever the source has two or
+    # more detectors of a class (park.model.VOTE_K_DEFAULT); 0 turns voting off for this source.
+    vote_k: int | None = Field(default=None, ge=0)
 
 
 ChannelName = Literal["sms", "wecom", "webhook"]
@@ -346,6 +349,7 @@ class SeverityDefaults(BaseModel):
     power: Severity = Severity.ORANGE
     spark: Severity = Severity.RED
     fault_signal: Severity = Severity.YELLOW
+    clock: Severity = Severity.BLUE  # a gateway's clock off by more than clock_skew_max
 
 
 class AlarmManagement(BaseModel):
@@ -371,6 +375,13 @@ class AlarmManagement(BaseModel):
     power_stopped_fraction: float = Field(default=0.3, gt=0, le=1)  # of the usual load for that hour
     power_min_load_kw: float = Field(default=50.0, ge=0)  # below this a stopped plant is idle, not producing
     power_learning_weeks: int = Field(default=4, ge=1)
+    # Time (CONTRACT §8). A gateway clock further than this from hazardwatch's raises a blue alarm.
+    clock_skew_max: Duration = timedelta(minutes=2)
+    # An alarm raised from a reading that arrived later than this after its own time is marked
+    # backfilled (store-and-forward, 断点续传), with the delay, so people know it is late news.
+    backfill_after: Duration = timedelta(minutes=2)
+    # How often the rule stage saves what it has learned (trend samples, baselines, liveness).
+    snapshot_every: Duration = timedelta(minutes=1)
 
 
 ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
