@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from park.clock import FakeClock
 from park.settings import EnvSettings, load_settings
 from park.site import Site
 from park.sitefile import parse_site
-from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
+from tests.alerting_helpers import VendorServer, sms_gateway, sms_id, wecom_robot
 
 
 def free_port() -> int:
@@ -32,9 +34,10 @@ def free_port() -> int:
 async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                           clock: FakeClock) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient]]:
     port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="hw-data-")
     settings = load_settings(site, EnvSettings(
         database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=prefix, mqtt_client_id=f"svc-{uuid.uuid4().hex[:8]}",
-        http_addr=f"127.0.0.1:{port}", link_secret="test-link-secret-0123456789"))
+        http_addr=f"127.0.0.1:{port}", link_secret="test-link-secret-0123456789", data_dir=data_dir))
     ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_service(settings, site, clock=clock, registry=CollectorRegistry(),
                                            on_ready=ready.set_result))
@@ -55,6 +58,7 @@ async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def token_for(handle: ServiceHandle, unit: str) -> dict[str, str]:
@@ -106,7 +110,7 @@ class StandIns:
 @pytest.fixture
 def stand_ins() -> Iterator[StandIns]:
     """A local SMS gateway and WeCom robot endpoint, and the site file that points at them."""
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
+    sms, robot = VendorServer(sms_gateway, dedupe=sms_id), VendorServer(wecom_robot)
     try:
         yield StandIns(sms, robot, site_text(sms.url, robot.url))
     finally:

@@ -87,7 +87,9 @@ def test_clear_and_resolve_tell_everyone_already_told() -> None:
 def test_idempotency_keys_name_alarm_unit_contact_channel_step() -> None:
     plans = Escalator(PARK).on_event(ev(AlarmEventKind.RAISED, Severity.RED))
     keys = {p.key for p in plans}
-    assert "7/E001/张工/sms/immediate" in keys and "7/HM/群机器人/wecom_robot/immediate" not in keys
+    # the contact is named by its address, not its name (two 张工 in one unit are two people)
+    assert "7/E001/13800000003/sms/immediate" in keys and "7/HM/robot/wecom_robot/immediate" not in keys
+    assert "7/LJ/13800000002/sms/immediate" in keys
     assert len(keys) == len(plans)
 
 

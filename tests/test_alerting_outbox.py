@@ -15,8 +15,7 @@ from alerting.channels.webhook import Webhook
 from alerting.escalation import Escalator
 from alerting.links import LinkSigner
 from alerting.messages import Renderer
-from alerting.metrics import AlertingMetrics
-from alerting.outbox import OutboxWorker, enqueue, payload_of
+from alerting.outbox import enqueue, payload_of
 from alerting.service import FLOOD_SUMMARY_EVERY, AlertingService
 from park.clock import FakeClock
 from park.db import migrate, open_pool
@@ -79,9 +78,12 @@ def test_retry_with_backoff_then_fall_back_to_the_next_channel(db_url: str) -> N
                 await enqueue(conn, [(p, payload_of(p, park, renderer, signer, "http://hw")) for p in plans])
             async with httpx.AsyncClient() as client:
                 assert site.channels.sms is not None and site.channels.webhook is not None
-                worker = OutboxWorker(pool, {"sms": HttpSms(site.channels.sms, client),  # type: ignore[arg-type]
-                                             "webhook": Webhook(site.channels.webhook, client)},
-                                      park, AlertingMetrics(CollectorRegistry()))
+                settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+                worker = AlertingService(
+                    settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                    registry=CollectorRegistry(),
+                    channels={"sms": HttpSms(site.channels.sms, client),  # type: ignore[dict-item]
+                              "webhook": Webhook(site.channels.webhook, client)})
                 # attempt 1: a 503 — retried later, not now
                 sms.faults += ["503"]
                 [c] = await worker.claim(T0)
@@ -141,13 +143,17 @@ def test_flood_folds_messages_into_one_summary_per_unit_but_never_holds_red(db_u
                 await svc._plan(svc.escalator.on_event(event(i, flood=True)))
             await svc._plan(svc.escalator.on_event(event(7, Severity.RED, flood=True)))
             async with pool.connection() as conn:
-                cur = await conn.execute("SELECT alarm_id, step FROM outbox ORDER BY id")
+                cur = await conn.execute("SELECT alarm_id, step FROM outbox WHERE status <> 'held' ORDER BY id")
                 assert await cur.fetchall() == [(7, "immediate")], "only red goes out during a flood"
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE status = 'held'")
+                assert (await cur.fetchone()) == (6,), "held flood messages are rows, not memory"
             await svc._flood_summaries(T0 + FLOOD_SUMMARY_EVERY)
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT unit_code, contact, payload->>'text' FROM outbox"
                                          " WHERE step LIKE 'flood-%'")
                 [(unit, contact, text)] = await cur.fetchall()
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE status = 'folded'")
+                assert (await cur.fetchone()) == (6,)
             assert (unit, contact) == ("E1", "张工") and "6条预警" in text
 
     try:

@@ -23,6 +23,7 @@ from alerting.errors import BadLink
 from alerting.links import LinkSigner
 from hazardwatch.api.auth import PARK_UNIT, FailureLimiter, Principal, lookup
 from park.clock import Clock, SystemClock
+from park.health import Health
 from park.model import Park
 from park.settings import Settings
 from park.site import EnterpriseState
@@ -114,13 +115,14 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(*, park: Park, pool: AsyncConnectionPool, commands: Commands, settings: Settings,
                registry: CollectorRegistry, readiness: Callable[[], bool], links: LinkSigner,
-               clock: Clock | None = None, db_url: str | None = None) -> FastAPI:
+               clock: Clock | None = None, db_url: str | None = None, health: Health | None = None) -> FastAPI:
     clock = clock or SystemClock()
     limiter = FailureLimiter()
     app = FastAPI(title="hazardwatch", version="1", description="化工园区重大危险源监测预警 API (CONTRACT §5)")
     listen_url = db_url or (settings.database_url.get_secret_value() if settings.database_url else "")
 
     app.state.pool = pool
+    app.state.health = health or Health()  # every stage's state, for /readyz
     app.state.limiter = limiter
 
     async def audit(p: Principal, by: str | None, action: str, target: str, detail: dict[str, Any]) -> None:
