@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -116,3 +122,54 @@ def stand_ins() -> Iterator[StandIns]:
     finally:
         sms.close()
         robot.close()
+
+
+class ServiceProcess:
+    """``hazardwatch run`` as a real process; everything it prints is kept in ``log``."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "a", encoding="utf-8")  # noqa: SIM115 — closed in stop()
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("hazardwatch")), "run", "--config",
+                                      str(config)], env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: "hazardwatch running" in self.text() or self.proc.poll() is not None, within=60)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the service did not start:\n{self.text()[-3000:]}")
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+
+
+def wait_for(cond: Callable[[], object], within: float = 30.0, what: str = "condition") -> float:
+    """Poll ``cond`` until true (a generous deadline, never a fixed sleep); returns the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {within} s")
+
+
+def service_env(db_url: str, mqtt_url: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return dict(os.environ, HAZARDWATCH_DATABASE_URL=db_url, HAZARDWATCH_MQTT_URL=mqtt_url,
+                HAZARDWATCH_DATA_DIR=str(data_dir), HAZARDWATCH_MQTT_PREFIX=prefix,
+                HAZARDWATCH_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+                HAZARDWATCH_MQTT_CLIENT_ID=f"svc-{uuid.uuid4().hex[:8]}", PYTHONUNBUFFERED="1", **extra)
