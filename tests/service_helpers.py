@@ -129,7 +129,7 @@ class ServiceProcess:
 
     def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
         self.log = log
-        self._out = open(log, "a", encoding="utf-8")  # noqa: SIM115 — closed in stop()
+        self._out = open(log, "a", encoding="utf-8")
         self.proc = subprocess.Popen([str(Path(sys.executable).with_name("hazardwatch")), "run", "--config",
                                       str(config)], env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: "hazardwatch running" in self.text() or self.proc.poll() is not None, within=60)
