@@ -121,6 +121,7 @@ class Escalator:
                     tr.done_steps.add(name)
                     if step.level not in tr.told:
                         out += self._tell(tr, [step.level], name, tr.raised_at + step.after)
+                        tr.told_at[step.level] = now  # told now (late or not): no reminder in the same breath
             if pol.repeat_every is not None and now >= tr.raised_at + pol.repeat_every * (tr.repeats + 1):
                 # only the latest reminder due: after a pause, one late reminder, never a burst of missed
                 # ones (and no loop whose length depends on how long the pause or an old timestamp was)
