@@ -47,6 +47,7 @@ class VendorServer:
                 else:
                     status, resp, extra = handler(method, u.path, req["query"], req["headers"], body, fault)
                 req["status"] = status
+                req["errcode"] = resp.get("errcode", 0) if isinstance(resp, dict) else 0
                 req["duplicate"] = False
                 if status == 200 and dedupe is not None:
                     key = dedupe(body)
@@ -80,9 +81,9 @@ class VendorServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def ok(self) -> list[dict[str, Any]]:
-        """Requests delivered (answered 200; with ``dedupe``, repeats of an id already delivered left out)."""
+        """Requests delivered (200, WeCom errcode 0; with ``dedupe``, repeats of a delivered id left out)."""
         with self.lock:
-            return [r for r in self.requests if r["status"] == 200 and not r["duplicate"]]
+            return [r for r in self.requests if r["status"] == 200 and not r["errcode"] and not r["duplicate"]]
 
     def duplicates(self) -> list[dict[str, Any]]:
         with self.lock:
