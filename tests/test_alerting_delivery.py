@@ -44,10 +44,10 @@ def test_a_rate_limit_waits_as_told_and_is_not_a_failure() -> None:
 
 
 def test_only_messages_of_settled_alarms_give_up_and_only_after_a_day() -> None:
-    old = T0 - timedelta(hours=25)
-    assert decide(claimed(5, settled=False, first_due=old), ChannelError("sms", "x"), "", T0, POLICY).status == "pending"
-    assert decide(claimed(5, settled=True, first_due=T0), ChannelError("sms", "x"), "", T0, POLICY).status == "pending"
-    assert decide(claimed(5, settled=True, first_due=old), ChannelError("sms", "x"), "", T0, POLICY).status == "failed"
+    old, err = T0 - timedelta(hours=25), ChannelError("sms", "x")
+    assert decide(claimed(5, settled=False, first_due=old), err, "", T0, POLICY).status == "pending"
+    assert decide(claimed(5, settled=True, first_due=T0), err, "", T0, POLICY).status == "pending"
+    assert decide(claimed(5, settled=True, first_due=old), err, "", T0, POLICY).status == "failed"
 
 
 def test_a_channel_bug_is_a_failed_attempt_not_a_crash() -> None:
