@@ -119,11 +119,11 @@ async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Si
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Health,
-                    fatal: tuple[type[BaseException], ...] = ()) -> None:
+                    fatal: tuple[type[BaseException], ...] = (), restart_min: float = RESTART_MIN) -> None:
     """Run a stage forever: a failure is logged with its traceback and the stage restarted with back-off.
 
     ``fatal`` exceptions (a configuration error) end the service instead. Cancellation is shutdown."""
-    delay = RESTART_MIN
+    delay = restart_min
     while True:
         started = time.monotonic()
         try:
@@ -138,7 +138,7 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
             health.degraded(name, f"failed: {type(e).__name__}")
         health.restarted(name)
         if time.monotonic() - started > STABLE_AFTER:
-            delay = RESTART_MIN
+            delay = restart_min
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(RESTART_MAX, delay * 2)
 
