@@ -193,3 +193,39 @@ def test_an_alarm_stored_just_before_a_crash_is_escalated_after_restart(db_url: 
     finally:
         sms.close()
         hook.close()
+
+
+def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_has_not_heard_of_it(
+        db_url: str) -> None:
+    """The race behind the board test's extra SMS: the ack is committed, the ACKED event still queued for
+    alerting, and a tick plans the town step. The database, not the in-memory escalation, decides."""
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                   " raised_at) VALUES (1, 'k', 'E1', 'high', 'orange', 'active_unacked', %s)", (T0,))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                                  registry=CollectorRegistry(), channels={})
+            await svc._plan(svc.escalator.on_event(event(1), T0))
+            # a reminder planned (due later) before the ack; then the ack is committed by the rule stage
+            await svc._plan(svc.escalator.on_tick(T0 + timedelta(minutes=10)))
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE alarms SET acked_at = %s, state = 'active_acked' WHERE id = 1", (T0,))
+            await svc._plan(svc.escalator.on_tick(T0 + timedelta(minutes=20)))  # escalator not yet told
+            claimed = await svc.claim(T0 + timedelta(minutes=30))
+            assert [c.step for c in claimed] == ["immediate"]
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT step, status FROM outbox ORDER BY id")
+                assert await cur.fetchall() == [("immediate", "sending"), ("repeat-1", "cancelled")]
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
