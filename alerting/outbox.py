@@ -50,6 +50,7 @@ LINK_VALID = timedelta(days=3)
 LEASE = timedelta(minutes=5)  # a claimed row not recorded this long (its worker died) is sent again
 RATE_LIMIT_WAIT = 60.0  # seconds, when the vendor says "too many" without saying how long
 STOPPABLE = ("then-", "repeat-")  # steps an acknowledgement cancels before they are sent
+TIDY_EVERY = 1.0  # seconds (real time) between tidy-ups of the outbox before a claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +274,7 @@ class PgOutbox:
     def __init__(self, pool: AsyncConnectionPool, timeout: float = 5.0) -> None:
         self.pool = pool
         self.timeout = timeout
+        self._tidied = -1e9  # monotonic time of the last tidy-up (cancel, supersede, expired leases)
 
     async def enqueue(self, rows: Sequence[Row]) -> None:
         async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
@@ -286,23 +288,15 @@ class PgOutbox:
 
     async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
         async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
-            # an acknowledgement stops later steps and reminders, even those already planned
-            await conn.execute(
-                "UPDATE outbox o SET status = 'cancelled' FROM alarms a WHERE o.status = 'pending'"
-                " AND o.alarm_id = a.id AND (a.acked_at IS NOT NULL OR a.state = 'closed')"
-                " AND (o.step LIKE 'then-%%' OR o.step LIKE 'repeat-%%')")
-            # one channel delivered this step to this contact: the other channel's copy is not needed
-            await conn.execute(
-                "UPDATE outbox o SET status = 'superseded' WHERE o.status = 'pending' AND o.alarm_id IS NOT NULL"
-                " AND EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = o.alarm_id AND s.step = o.step"
-                "  AND s.status = 'sent' AND s.id <> o.id AND s.unit_code = o.unit_code"
-                "  AND split_part(s.idempotency_key, '/', 3) = split_part(o.idempotency_key, '/', 3))")
-            await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL"
-                               " WHERE status = 'sending' AND claimed_at < %s", (now - LEASE,))
+            if time.monotonic() - self._tidied >= TIDY_EVERY:
+                await self._tidy(conn, now)
             cur = await conn.execute(
                 "UPDATE outbox o SET status = 'sending', attempts = attempts + 1, claimed_at = %s WHERE id IN ("
-                " SELECT id FROM outbox WHERE status = 'pending' AND due_at <= %s ORDER BY due_at, id"
-                " FOR UPDATE SKIP LOCKED LIMIT %s)"
+                " SELECT id FROM outbox p WHERE status = 'pending' AND due_at <= %s"
+                # never a later step or reminder of an acknowledged alarm, tidied or not
+                "  AND NOT ((p.step LIKE 'then-%%' OR p.step LIKE 'repeat-%%') AND EXISTS (SELECT 1 FROM alarms a"
+                "   WHERE a.id = p.alarm_id AND (a.acked_at IS NOT NULL OR a.state = 'closed')))"
+                " ORDER BY due_at, id FOR UPDATE SKIP LOCKED LIMIT %s)"
                 " RETURNING id, idempotency_key, alarm_id, unit_code, contact, channel, step, payload, attempts,"
                 " failures, first_due_at, coalesce((SELECT a.acked_at IS NOT NULL OR a.state = 'closed'"
                 "  FROM alarms a WHERE a.id = o.alarm_id), true)",
@@ -310,6 +304,23 @@ class PgOutbox:
             )
             rows = await cur.fetchall()
         return [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
+
+    async def _tidy(self, conn: AsyncConnection, now: datetime) -> None:
+        # an acknowledgement stops later steps and reminders, even those already planned (enqueue
+        # refuses new ones at once; this catches rows planned before the acknowledgement)
+        await conn.execute(
+            "UPDATE outbox o SET status = 'cancelled' FROM alarms a WHERE o.status = 'pending'"
+            " AND o.alarm_id = a.id AND (a.acked_at IS NOT NULL OR a.state = 'closed')"
+            " AND (o.step LIKE 'then-%%' OR o.step LIKE 'repeat-%%')")
+        # one channel delivered this step to this contact: the other channel's copy is not needed
+        await conn.execute(
+            "UPDATE outbox o SET status = 'superseded' WHERE o.status = 'pending' AND o.alarm_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = o.alarm_id AND s.step = o.step"
+            "  AND s.status = 'sent' AND s.id <> o.id AND s.unit_code = o.unit_code"
+            "  AND split_part(s.idempotency_key, '/', 3) = split_part(o.idempotency_key, '/', 3))")
+        await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL"
+                           " WHERE status = 'sending' AND claimed_at < %s", (now - LEASE,))
+        self._tidied = time.monotonic()
 
     async def record(self, c: Claimed, now: datetime, d: Decision, extra: Sequence[Row]) -> None:
         async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -61,6 +62,7 @@ log = logging.getLogger("hazardwatch.alerting")
 POLL = 0.2  # seconds between looks at the clock and the outbox
 FLOOD_SUMMARY_EVERY = timedelta(minutes=5)
 OVERDUE_EVERY = timedelta(seconds=15)  # how often undelivered contacts are looked for
+OVERDUE_REAL_MIN = 1.0  # and at least this many real seconds apart
 STAGE = "alerting"
 
 
@@ -115,6 +117,7 @@ class AlertingService:
         self._wake = asyncio.Event()
         self._last_flood_summary: datetime | None = None
         self._last_overdue: datetime | None = None
+        self._last_overdue_real = -1e9
         self._recovered = False
         self.restored = asyncio.Event()
 
@@ -147,8 +150,11 @@ class AlertingService:
             now = self.clock.now()
             await self._plan(self.escalator.on_tick(now))
             await self._flood_summaries(now)
-            if self._last_overdue is None or now - self._last_overdue >= OVERDUE_EVERY:
-                self._last_overdue = now
+            # at most every OVERDUE_EVERY of the service's clock and of real time (a fast test clock must
+            # not turn this look into a query per tick)
+            if (self._last_overdue is None or now - self._last_overdue >= OVERDUE_EVERY) \
+                    and time.monotonic() - self._last_overdue_real >= OVERDUE_REAL_MIN:
+                self._last_overdue, self._last_overdue_real = now, time.monotonic()
                 await self._report_overdue(now)
 
     async def _work(self) -> None:
