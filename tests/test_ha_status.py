@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
-from hazardwatch.api.app import principal
-from hazardwatch.api.auth import FailureLimiter, create_token
-from hazardwatch.api.cluster import cluster_router
+from alerting.links import LinkSigner
+from hazardwatch.api import cluster
+from hazardwatch.api.app import create_app
+from hazardwatch.api.auth import create_token
 from hazardwatch.cli import main
 from park.db import open_pool
 from park.db.cluster import Beacon, cluster_status, database_nodes
 from park.db.lease import Elector
 from park.model import Park
+from park.settings import EnvSettings, load_settings
 from park.sitefile import parse_site
 from tests.ha_helpers import lease_row, migrated, until
 from tests.pg_cluster import multi_host_url, primary_and_replica
@@ -133,15 +135,17 @@ def test_status_command_says_when_the_database_is_away(monkeypatch, capsys) -> N
 def test_cluster_route_is_for_the_duty_room_only(db_url: str) -> None:
     async def go() -> None:
         await migrated(db_url)
-        park = Park.from_site(parse_site(MINIMAL_SITE))
+        site = parse_site(MINIMAL_SITE)
+        park = Park.from_site(site)
         async with await psycopg.AsyncConnection.connect(db_url) as conn:
             duty = await create_token(conn, park, "park", "值班室")
             ent = await create_token(conn, park, "E001", "企业")
             await conn.commit()
         async with two_instances(db_url), open_pool(db_url, min_size=1, max_size=2) as pool:
-            app = FastAPI()
-            app.state.pool, app.state.limiter = pool, FailureLimiter()
-            app.include_router(cluster_router(principal))
+            app = create_app(park=park, pool=pool, commands=None,  # type: ignore[arg-type]  # no command here
+                             settings=load_settings(site, EnvSettings(database_url=db_url)),
+                             registry=CollectorRegistry(), readiness=lambda: True, links=LinkSigner(b"k" * 32))
+            app.include_router(cluster.router)  # the one line create_app will carry
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
                 r = await http.get("/api/v1/cluster", headers={"Authorization": f"Bearer {duty}"})
                 assert r.status_code == 200, r.text
@@ -151,7 +155,7 @@ def test_cluster_route_is_for_the_duty_room_only(db_url: str) -> None:
                 r = await http.get("/api/v1/cluster", headers={"Authorization": f"Bearer {ent}"})
                 assert r.status_code == 403
                 assert (await http.get("/api/v1/cluster")).status_code == 401
-                assert "/api/v1/cluster" in (await http.get("/openapi.json")).json()["paths"]
+                assert "/api/v1/cluster" in app.openapi()["paths"]
 
     run(go())
 
