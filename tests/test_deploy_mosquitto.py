@@ -1,8 +1,6 @@
 """`hazardwatch deploy mosquitto` against the real Mosquitto: ACL, anonymous refused, TLS only outside.
 
-Each test module run starts a private broker on free ports in its tmp dir with the generated
-configuration (the only addition is `user root`, because the test's tmp dir is not readable by
-the mosquitto user the broker would otherwise switch to).
+The module starts one private broker on free ports in its tmp dir with the generated configuration.
 """
 
 from __future__ import annotations
@@ -11,10 +9,8 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,7 +26,8 @@ from hazardwatch.deploy.mosquitto import (
     read_credentials,
 )
 from park.sitefile import parse_site
-from tests.service_helpers import free_port
+from tests.deploy_helpers import SecuredBroker as Broker
+from tests.deploy_helpers import secured_broker
 
 SITE = """\
 site: {name: 测试园区}
@@ -50,52 +47,10 @@ districts:
 """
 
 
-@dataclass
-class Broker:
-    out: Path
-    internal: int
-    external: int
-    passwords: dict[str, str]
-
-    @property
-    def ca(self) -> str:
-        return str(self.out / "certs" / "ca.crt")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    d = tmp_path_factory.mktemp("broker")
-    (d / "site.yaml").write_text(SITE, encoding="utf-8")
-    internal, external = free_port(), free_port()
-    rc = cli(["deploy", "mosquitto", "--config", str(d / "site.yaml"), "--out", str(d / "conf"),
-              "--internal", f"127.0.0.1:{internal}", "--external", f"127.0.0.1:{external}",
-              "--hostname", "localhost", "--hostname", "127.0.0.1", "--data-dir", str(d / "data")])
-    assert rc == 0
-    (d / "data").mkdir()
-    conf = d / "test.conf"
-    conf.write_text((d / "conf" / "mosquitto.conf").read_text() + "\nuser root\n")
-    log = open(d / "mosquitto.log", "wb")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while not (_listening(internal) and _listening(external)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mosquitto did not start with the generated configuration:\n"
-                            f"{(d / 'mosquitto.log').read_text()}")
-            time.sleep(0.05)
-        yield Broker(d / "conf", internal, external, read_credentials(d / "conf" / "credentials.tsv"))
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with secured_broker(tmp_path_factory.mktemp("broker"), SITE) as b:
+        yield b
 
 
 def _client(user: str | None, password: str | None, *, ca: str | None = None) -> mqtt.Client:
