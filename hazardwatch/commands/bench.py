@@ -10,7 +10,7 @@ import importlib
 
 BENCHES = {
     "ingest": ("ingest.bench", "readings stored per second vs bare paho drain and bare COPY"),
-    "rules": ("rules.bench", "readings judged per second by the rule core, memory per sensor"),
+    "rules": ("hazardwatch.benchmarks.rules", "readings judged per second by the rule core, memory per sensor"),
     "latency": ("hazardwatch.benchmarks.latency", "reading-to-first-notification latency under load"),
 }
 
