@@ -88,10 +88,8 @@ def render(doc: dict[str, Any] | None = None) -> str:
         f"{doc['info'].get('title', '')} {doc['info'].get('version', '')} — "
         f"{_cell(doc['info'].get('description', ''))}",
         "",
-        "Every `/api/v1/…` call needs `Authorization: Bearer <token>`; a token belongs to one unit",
-        "(`hazardwatch token create --unit CODE`, `park` for the duty room) and reaches only that unit's",
-        "subtree: no or a bad token → 401, outside the token's scope → 403. The running service serves",
-        "this description at `/openapi.json` and an explorer at `/docs`.",
+        "The running service serves this description at `/openapi.json` and an explorer at `/docs`",
+        "(both behind `http.metrics_token` / `http.ops_from` when those are set).",
         "",
     ]
     for path in sorted(doc.get("paths", {})):

@@ -41,6 +41,13 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_rules_open_alarms": "what the duty room sees on the board; stuck high = alarms not handled",
     "hazardwatch_rules_batch_seconds": "p99 in milliseconds; never the bottleneck",
     "hazardwatch_rules_db_errors_total": "0; rising = database outage (alarms still go out)",
+    "hazardwatch_rules_gateway_clock_offset_seconds": "within a few seconds of 0 per `enterprise`; beyond "
+                                                      "clock_skew_max (2 min) a blue clock alarm is raised: fix the "
+                                                      "gateway's time source",
+    "hazardwatch_rules_snapshots_total": "rises every snapshot_every (1 min) with `outcome=\"ok\"`; failures = "
+                                         "database away (judging goes on)",
+    "hazardwatch_rules_snapshot_bytes": "steady, roughly proportional to the sensors; a jump = a new learned "
+                                        "state (e.g. more trend samples)",
     "hazardwatch_alerting_planned_total": "rises with alarms; by `channel` and `step`",
     "hazardwatch_alerting_attempts_total": "mostly `outcome=\"ok\"`; failed or rate-limited rising = "
                                            "a channel is down (retried, then the next channel)",

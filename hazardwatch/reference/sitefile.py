@@ -38,6 +38,13 @@ NOTES: dict[str, str] = {
     "Site.alarm_management": "ISA-18.2 nuisance controls and rule parameters for the whole park",
     "SiteInfo.name": "shown on the board, in messages and dashboards",
     "SiteInfo.timezone": "time zone for times shown to people (stored times are UTC)",
+    "SiteInfo.map": "the site plan the board draws enterprises on (一张图)",
+    "SitePlan.width": "width of the site plan, in the units of the units' map: {x, y}",
+    "SitePlan.height": "height of the site plan, in the same units",
+    "MapPoint.x": "position on the site plan, from the left",
+    "MapPoint.y": "position on the site plan, from the top",
+    "HttpSection.ops_from": "networks (e.g. 10.0.0.0/8) that reach /metrics, /openapi.json and /docs without "
+                            "metrics_token",
     "Unit.code": "unique across all districts, towns and enterprises; an enterprise's code is its MQTT "
                  "topic level and its broker account name",
     "Unit.name": "shown in messages and on the board",
@@ -54,8 +61,9 @@ NOTES: dict[str, str] = {
     "HazardSource.code": "unique inside the enterprise; sensors name it in hazard_source",
     "HazardSource.name": "shown in vote alarms",
     "HazardSource.grade": "重大危险源等级 1 (highest) – 4; HH/LL on grade 1–2 raise red",
-    "HazardSource.vote_k": "k of the source's gas detectors of one class above first level confirm a leak "
-                           "(a red vote alarm)",
+    "HazardSource.vote_k": "k of the source's gas detectors of one class (combustible; toxic of one gas) at or "
+                           "above first level confirm a leak (a red vote alarm); unset: 2-out-of-N wherever the "
+                           "source has two or more detectors of a class; 0 turns voting off",
     "Contact.name": "the person or duty room; shown in the audit",
     "Contact.phone": "mobile number for SMS, digits (quote it in YAML)",
     "Contact.wecom_user": "WeCom user id for application messages",
@@ -184,18 +192,25 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = []
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """``field: … # comment`` lines of a class's own source."""
+    """The comment of each ``field: …`` line of a class's own source: on its line, or just above it."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    out = {}
+    out: dict[str, str] = {}
+    above: list[str] = []
     for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m:
-            text = re.sub(r"^noqa:\s*\S+\s*(—\s*)?", "", m.group(2)).strip()
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"\s+(\w+)\s*:[^#]*(?:#\s*(.+))?$", line)
+        if m and not stripped.startswith(("def ", "class ", "@", '"""')):
+            inline = re.sub(r"^noqa:\s*\S+\s*(—\s*)?", "", m.group(2) or "").strip()
+            text = inline or " ".join(above).strip()
             if text:
                 out[m.group(1)] = text
+        above = []
     return out
 
 
