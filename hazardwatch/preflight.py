@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 import threading
 import time
@@ -105,6 +106,24 @@ def check_broker_sync(target: MqttTarget, client_id: str) -> Failure | None:
 
     c.on_connect = on_connect
     hint_net = "(HAZARDWATCH_MQTT_URL, or mqtt.url in the site file)"
+    # TCP and TLS first, on a socket of our own: paho does not close the socket of a failed handshake
+    try:
+        with socket.create_connection((target.host, target.port), timeout=ATTEMPT_TIMEOUT) as raw:
+            if target.tls:
+                with ssl.create_default_context().wrap_socket(raw, server_hostname=target.host):
+                    pass
+    except ConnectionRefusedError:
+        return Failure("connection refused",
+                       f"nothing listens there: check that Mosquitto runs on that host and port {hint_net}")
+    except ConnectionResetError:
+        return Failure("connection reset during the TLS handshake",
+                       f"is it a plain-MQTT port? use mqtt:// for it, mqtts:// for a TLS port {hint_net}")
+    except ssl.SSLError as e:
+        return Failure(f"TLS failed ({_scrub(str(e.reason or e), [password or ''])})",
+                       f"is it a TLS port, and is the broker's CA trusted on this host? {hint_net}")
+    except OSError as e:
+        text = _scrub(e.strerror or str(e), [password or ""])
+        return Failure(text, f"check the host name and the network {hint_net}")
     try:
         c.connect(target.host, target.port, keepalive=10)
         deadline = time.monotonic() + ATTEMPT_TIMEOUT
@@ -112,20 +131,8 @@ def check_broker_sync(target: MqttTarget, client_id: str) -> Failure | None:
             if c.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS and not done.is_set():
                 return Failure("the broker closed the connection before answering",
                                f"TLS or plain MQTT on the wrong port? check the scheme mqtt:// or mqtts:// {hint_net}")
-    except ConnectionRefusedError:
-        return Failure("connection refused",
-                       f"nothing listens there: check that Mosquitto runs on that host and port {hint_net}")
-    except ssl.SSLError as e:
-        return Failure(f"TLS failed ({_scrub(str(e.reason or e), [password or ''])})",
-                       f"is it a TLS port, and is the broker's CA trusted on this host? {hint_net}")
-    except ConnectionResetError:
-        if target.tls:
-            return Failure("connection reset during the TLS handshake",
-                           f"is it a plain-MQTT port? use mqtt:// for it, mqtts:// for a TLS port {hint_net}")
-        return Failure("connection reset", f"is it an MQTT port? {hint_net}")
-    except OSError as e:
-        text = _scrub(e.strerror or str(e), [password or ""])
-        return Failure(text, f"check the host name and the network {hint_net}")
+    except (ssl.SSLError, OSError) as e:  # it answered a moment ago: a transient fault
+        return Failure(_scrub(str(e), [password or ""]), f"check the broker and the network {hint_net}")
     finally:
         c.disconnect()
         sock = c.socket()

@@ -145,3 +145,42 @@ def test_env_defaults_in_site_files() -> None:
     with pytest.raises(SiteFileError, match="HW_T is not set"):
         parse_site(text.replace("${HW_T:-demo-token}", "${HW_T}"), environ={})
     assert cli(["check-config", str(REPO / "deploy" / "site.example.yaml")]) == 0
+
+
+def test_tls_url_on_a_plain_port_says_so(tmp_path: Path) -> None:
+    with secured_broker(tmp_path / "broker", SITE) as b:
+        settings = load_settings(None, EnvSettings(mqtt_url=f"mqtts://hazardwatch:{MQTT_SECRET}@127.0.0.1:{b.internal}"))
+        said: list[str] = []
+        with pytest.raises(StartupError) as e:
+            asyncio.run(preflight(settings, 1.0, said.append))
+    assert "mqtts://hazardwatch@127.0.0.1" in str(e.value) and "mqtt://" in str(e.value)
+    assert MQTT_SECRET not in str(e.value) + "".join(said)
+
+
+def test_a_reachable_database_and_broker_start_the_service_and_sigterm_stops_it(
+        tmp_path: Path, make_database: Callable[..., str], mqtt_url: str, topic_prefix: str) -> None:
+    (tmp_path / "site.yaml").write_text(SITE, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAZARDWATCH_")} | {
+        "HAZARDWATCH_DATABASE_URL": make_database("postgres", "hwdocs"), "HAZARDWATCH_MQTT_URL": mqtt_url,
+        "HAZARDWATCH_MQTT_PREFIX": topic_prefix, "HAZARDWATCH_MQTT_CLIENT_ID": f"hwdocs-{topic_prefix[:9]}",
+        "HAZARDWATCH_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
+    proc = subprocess.Popen([sys.executable, "-m", "hazardwatch", "run", "--config", str(tmp_path / "site.yaml"),
+                             "--start-timeout", "30s"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until the service says every stage is up (or the process ends)
+            lines.append(line)
+            if "hazardwatch running" in line:
+                break
+        assert any("hazardwatch running" in x for x in lines), "".join(lines)
+        proc.terminate()
+        _, rest = proc.communicate(timeout=60)
+        lines.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines)
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text and "unreachable" not in text
