@@ -47,10 +47,10 @@ _PASSWORD_CHARS = string.ascii_letters + string.digits
 # gateway batch needs 50 times fewer messages and fewer bytes per reading.
 MIN_QUEUED_MESSAGES = 100_000
 BYTES_PER_READING = 160  # a single-point JSON payload is 60–120 bytes; a batch is ~40 per reading
-# Broker memory per queued message: measured 138 bytes for a 47-byte single-point payload on
-# Mosquitto 2.0.11 (200,000 messages queued for an offline persistent session); a payload of
-# BYTES_PER_READING plus that bookkeeping, rounded up.
-MEMORY_PER_MESSAGE = 260
+# Broker memory per queued message: measured 400 bytes for a 47-byte single-point payload on
+# Mosquitto 2.0.11 (`python -m hazardwatch.benchmarks.broker_queue`: 200,000 messages queued for an
+# offline persistent session, all delivered on resume); with a payload of BYTES_PER_READING instead.
+MEMORY_PER_MESSAGE = 520
 QUEUE_MARGIN = 1.5
 
 
