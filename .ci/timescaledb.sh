@@ -15,17 +15,17 @@ die() { printf 'timescaledb.sh: %s\n' "$*" >&2; exit 1; }
 answers() { pg_isready -q -h 127.0.0.1 -p "$PORT" 2>/dev/null; }
 
 check_extension() {
-    psql -q -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<'SQL' \
+    # a probe database of this run's own: parallel runs (several worktrees) never race on one name
+    local probe="hw_tsdb_probe_$$"
+    psql -q -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL \
         || die "server on port $PORT answers but CREATE EXTENSION timescaledb failed"
-DROP DATABASE IF EXISTS hw_tsdb_probe;
-CREATE DATABASE hw_tsdb_probe;
-\c hw_tsdb_probe
+CREATE DATABASE $probe;
+\\c $probe
 CREATE EXTENSION timescaledb;
-\c postgres
-DROP DATABASE hw_tsdb_probe;
+\\c postgres
+DROP DATABASE $probe;
 SQL
 }
-
 [ "$(id -u)" = 0 ] || die "run as root (it uses debootstrap and chroot)"
 command -v pg_isready >/dev/null || die "pg_isready missing: apt-get install postgresql-client"
 

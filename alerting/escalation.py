@@ -6,6 +6,12 @@ acknowledged, the units already told are reminded every ``repeat_every``. An upg
 the rest at the new severity; a clear or a resolution sends a short notice to everyone told.
 Every planned message has an idempotency key (alarm, unit, contact, channel, step), so planning
 twice — after a restart, say — never sends twice.
+
+Deadlines count from when hazardwatch noticed the alarm (the RAISED event's ``noticed_at``, else
+the clock passed in), never from the reading's own time: a reading stamped 1970 or three hours
+late raises an alarm whose reminders start now. A reminder that falls due while hazardwatch was
+away (a restart, a long pause) is sent once — the latest due — never a burst of every missed one.
+A contact is identified by its address (phone, WeCom user id), not its name (CONTRACT §3).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from park.model import Park, UnitInfo
-from park.site import EscalationPolicy
+from park.site import Contact, EscalationPolicy
 from park.types import LEVELS, AlarmEvent, Level, Severity
 from park.types import AlarmEventKind as K
 
@@ -61,23 +67,25 @@ class Escalator:
         self.tracks: dict[int, _Track] = {}
 
     # --- events -------------------------------------------------------------------------------
-    def on_event(self, ev: AlarmEvent) -> list[Planned]:
+    def on_event(self, ev: AlarmEvent, now: datetime | None = None) -> list[Planned]:
+        """Plan what ``ev`` calls for; ``now`` is the service's clock (escalation never runs on a reading's time)."""
         if ev.alarm_id <= 0 or ev.enterprise not in self.park.enterprises:
             return []
         tr = self.tracks.get(ev.alarm_id)
+        now = ev.noticed_at or now or ev.ts
         if ev.kind is K.RAISED:
             if tr is not None:
                 return []  # a re-alarm of an alarm already being escalated
-            tr = _Track(event=ev, raised_at=ev.ts, severity=ev.severity)
+            tr = _Track(event=ev, raised_at=now, severity=ev.severity)
             self.tracks[ev.alarm_id] = tr
-            return self._tell(tr, list(self.policies[ev.severity].immediate), "immediate", ev.ts) + self.on_tick(ev.ts)
+            return self._tell(tr, list(self.policies[ev.severity].immediate), "immediate", now) + self.on_tick(now)
         if tr is None:
             return []
         if ev.kind is K.UPGRADED:
             tr.severity = ev.severity
             tr.event = ev
             new = [lv for lv in self.policies[ev.severity].immediate if lv not in tr.told]
-            return self._tell(tr, new, "upgrade", ev.ts) + self.on_tick(ev.ts)
+            return self._tell(tr, new, "upgrade", now) + self.on_tick(now)
         if ev.kind is K.ACKED:
             tr.stopped = True
             if ev.detail.get("state") == "closed":
@@ -91,10 +99,10 @@ class Escalator:
             return []
         if ev.kind is K.UNSHELVED:
             tr.paused = False
-            return self.on_tick(ev.ts)
+            return self.on_tick(now)
         if ev.kind in (K.CLEARED, K.RESOLVED):
             step = "cleared" if ev.kind is K.CLEARED else "resolved"
-            out = self._tell(tr, list(tr.told), step, ev.ts, event=ev, notice=True)
+            out = self._tell(tr, list(tr.told), step, now, event=ev, notice=True)
             if ev.kind is K.RESOLVED or ev.detail.get("state") == "closed":
                 tr.closed = True
                 tr.stopped = True
@@ -113,13 +121,15 @@ class Escalator:
                     tr.done_steps.add(name)
                     if step.level not in tr.told:
                         out += self._tell(tr, [step.level], name, tr.raised_at + step.after)
-            if pol.repeat_every is not None:
-                while now >= tr.raised_at + pol.repeat_every * (tr.repeats + 1):
-                    tr.repeats += 1
-                    due = tr.raised_at + pol.repeat_every * tr.repeats
-                    # remind those told before this reminder, not a level told for the first time just now
-                    earlier = [lv for lv in tr.told if tr.told_at.get(lv, tr.raised_at) < due]
-                    out += self._tell(tr, earlier, f"repeat-{tr.repeats}", due, remind=True)
+                        tr.told_at[step.level] = now  # told now (late or not): no reminder in the same breath
+            if pol.repeat_every is not None and now >= tr.raised_at + pol.repeat_every * (tr.repeats + 1):
+                # only the latest reminder due: after a pause, one late reminder, never a burst of missed
+                # ones (and no loop whose length depends on how long the pause or an old timestamp was)
+                tr.repeats = int((now - tr.raised_at) / pol.repeat_every)
+                due = tr.raised_at + pol.repeat_every * tr.repeats
+                # remind those told before this reminder, not a level told for the first time just now
+                earlier = [lv for lv in tr.told if tr.told_at.get(lv, tr.raised_at) < due]
+                out += self._tell(tr, earlier, f"repeat-{tr.repeats}", due, remind=True)
         self.tracks = {k: v for k, v in self.tracks.items() if not v.closed}
         return out
 
@@ -138,9 +148,11 @@ class Escalator:
         return best
 
     def restore(self, ev: AlarmEvent, told: list[Level], done_steps: set[str], repeats: int,
-                stopped: bool) -> None:
-        """After a restart: an open alarm and what was already planned for it (from the outbox)."""
-        self.tracks[ev.alarm_id] = _Track(event=ev, raised_at=ev.ts, severity=ev.severity,
+                stopped: bool, started: datetime | None = None) -> None:
+        """After a restart: an open alarm and what was already planned for it (from the outbox).
+
+        ``started`` is when its escalation began (its immediate messages' due time)."""
+        self.tracks[ev.alarm_id] = _Track(event=ev, raised_at=started or ev.noticed_at or ev.ts, severity=ev.severity,
                                           told=[lv for lv in LEVELS if lv in told], done_steps=done_steps,
                                           repeats=repeats, stopped=stopped)
 
@@ -166,19 +178,33 @@ class Escalator:
             if not c.channels:
                 continue
             ch = c.channels[0]  # the first channel; the outbox falls back to the next on repeated failure
-            address = c.phone if ch == "sms" else (c.wecom_user if ch == "wecom" else "")
-            out.append(self._planned(ev, unit, level, c.name, ch, address or "", step, due))
+            out.append(self._planned(ev, unit, level, c.name, contact_id(c), ch, address_of(c, ch), step, due))
         if unit.robot_key:
-            out.append(self._planned(ev, unit, level, ROBOT, "wecom_robot", unit.robot_key, step, due))
+            # the robot's key is a secret: it is looked up when sending, never written into the outbox
+            out.append(self._planned(ev, unit, level, ROBOT, "robot", "wecom_robot", "", step, due))
         if self.console:
-            out.append(self._planned(ev, unit, level, "控制台", "console", "", step, due))
+            out.append(self._planned(ev, unit, level, "控制台", "console", "console", "", step, due))
         return out
 
     @staticmethod
-    def _planned(ev: AlarmEvent, unit: UnitInfo, level: Level, contact: str, channel: str, address: str, step: str,
-                 due: datetime) -> Planned:
-        key = f"{ev.alarm_id}/{unit.code}/{contact}/{channel}/{step}"
-        return Planned(key, ev.alarm_id, unit.code, level, contact, channel, address, step, due, ev)
+    def _planned(ev: AlarmEvent, unit: UnitInfo, level: Level, contact: str, who: str, channel: str, address: str,
+                 step: str, due: datetime) -> Planned:
+        return Planned(message_key(ev.alarm_id, unit.code, who, channel, step), ev.alarm_id, unit.code, level,
+                       contact, channel, address, step, due, ev)
+
+
+def contact_id(c: Contact) -> str:
+    """A contact's identity in idempotency keys: its address (phone, else WeCom user id), never its name."""
+    return c.phone or f"wecom:{c.wecom_user}"
+
+
+def address_of(c: Contact, channel: str) -> str:
+    return (c.phone if channel == "sms" else c.wecom_user if channel == "wecom" else "") or ""
+
+
+def message_key(alarm_id: int, unit: str, who: str, channel: str, step: str) -> str:
+    """The idempotency key: (alarm, unit, contact identity, channel, step) — CONTRACT §3."""
+    return f"{alarm_id}/{unit}/{who}/{channel}/{step}"
 
 
 def highest_level(told: list[Level]) -> Level | None:

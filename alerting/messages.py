@@ -26,6 +26,7 @@ TEMPLATES = {
     "step_cleared": "【已恢复】数值已回到正常范围",
     "step_resolved": "【处置完毕】${by}：${action}",
     "step_flood": "预警泛滥：${count}条预警合并发送",
+    "step_unreachable": "【无法送达】${unreachable}",
     "ack": "确认处置：${link}",
 }
 LEVEL_ZH = {"enterprise": "企业", "town": "镇/街道", "district": "区应急管理局"}
@@ -56,6 +57,7 @@ class Renderer:
             "lower": "企业" if p.level == "town" else "企业及镇/街道",
             "minutes": self._after_minutes(ev.severity, p.level),
             "count": str(ev.detail.get("count", "")),
+            "unreachable": str(ev.detail.get("unreachable", "")),
         }
         kind = p.step.split("-")[0]
         step_t = self.t.get(f"step_{kind}")

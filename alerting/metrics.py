@@ -19,3 +19,8 @@ class AlertingMetrics:
         self.flood_held = Counter("hazardwatch_alerting_flood_held_total",
                                   "messages folded into a flood summary instead of sent one by one",
                                   registry=registry)
+        self.db_errors = Counter("hazardwatch_alerting_db_errors_total",
+                                 "database errors met (the work went to the local journal or was retried)",
+                                 registry=registry)
+        self.unreachable = Counter("hazardwatch_alerting_unreachable_total",
+                                   "contacts reported to the duty room as not reached in time", registry=registry)

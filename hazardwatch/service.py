@@ -3,6 +3,13 @@
 ``run_service`` opens the pool, brings the schema up to date, syncs the registry from the site
 file, and runs one ``asyncio.TaskGroup`` of named stage tasks joined by bounded queues.
 Shutdown is cancellation (Ctrl-C, SIGTERM, or the caller cancelling the task).
+
+Each stage runs under ``supervise``: an exception that escapes a stage (a bug: transient faults
+are handled inside) is logged with its traceback, the stage reported degraded, and restarted
+with capped, jittered back-off. The service ends only on shutdown or on a configuration error at
+start (bad site file or settings, the HTTP port taken). One ``Health`` collects every stage's
+state for ``/readyz`` and ``hazardwatch_stage_degraded{stage}``; one ``DbGate`` over the local
+journal decides whether alarms and messages go to the database or the journal.
 """
 
 from __future__ import annotations
@@ -10,31 +17,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import secrets
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from psycopg_pool import AsyncConnectionPool
 
+from alerting import service as alerting_service
 from alerting.links import LinkSigner
 from alerting.service import AlertingService
 from hazardwatch.api import create_app
 from ingest.service import IngestService
+from park import redact
 from park.clock import Clock, SystemClock
 from park.db import open_pool
 from park.db.maintenance import configure_policies, run_maintenance
 from park.db.migrate import Edition, migrate
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
+from park.health import Health, StageState
+from park.journal import DbGate, Flusher, Journal
 from park.model import Park
 from park.proc import trim_memory
 from park.settings import Settings
 from park.site import Site
 from park.types import AlarmEvent, GatewayStatus, ReadingBatch
+from rules import service as rules_service
 from rules.service import RulesService
 
 log = logging.getLogger("hazardwatch")
@@ -42,6 +58,8 @@ log = logging.getLogger("hazardwatch")
 MAINTENANCE_EVERY = timedelta(minutes=5)
 READINGS_QUEUE = 256  # batches, not readings: a full queue pushes back on ingest
 ALARMS_QUEUE = 10_000
+RESTART_MIN, RESTART_MAX = 1.0, 60.0  # seconds between restarts of a failing stage
+STABLE_AFTER = 60.0  # a stage that ran this long without failing starts its back-off afresh
 
 
 class ServiceError(HazardwatchError):
@@ -61,6 +79,9 @@ class ServiceHandle:
     alerting: AlertingService
     registry: CollectorRegistry
     http_url: str
+    health: Health
+    gate: DbGate
+    flusher: Flusher
 
 
 class _Server(uvicorn.Server):
@@ -72,10 +93,12 @@ class _Server(uvicorn.Server):
 
 
 async def serve_http(app: Any, host: str, port: int) -> None:
-    # proxy headers are the app's business (http.trusted_proxies), never believed by default;
-    # the lifespan runs the app's own resources (the live-stream listener)
+    # proxy headers are the app's business (http.trusted_proxies), never believed by default; the
+    # lifespan runs the app's own resources (the live-stream listener); log_config=None: uvicorn's
+    # records go through the root handlers, whose filter masks secrets
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                    lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2))
+                                    lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
+                                    log_config=None))
     try:
         await server.serve()
         if not server.started:
@@ -96,6 +119,56 @@ async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Si
         except Exception:  # the database may be down; ingest handles that, upkeep just waits
             log.warning("maintenance pass failed; retrying later", exc_info=True)
         await asyncio.sleep(MAINTENANCE_EVERY.total_seconds())
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Health,
+                    fatal: tuple[type[BaseException], ...] = (), restart_min: float = RESTART_MIN) -> None:
+    """Run a stage forever: a failure is logged with its traceback and the stage restarted with back-off.
+
+    ``fatal`` exceptions (a configuration error) end the service instead. Cancellation is shutdown."""
+    delay = restart_min
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            log.error("stage %s returned; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except fatal:
+            raise
+        except Exception as e:
+            log.error("stage %s failed; restarting it in %.0f s", name, delay, exc_info=True)
+            health.degraded(name, f"failed: {type(e).__name__}")
+        health.restarted(name)
+        if time.monotonic() - started > STABLE_AFTER:
+            delay = restart_min
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(RESTART_MAX, delay * 2)
+
+
+def journal_path(settings: Settings) -> Path:
+    """One journal per broker session (client id), in the data directory."""
+    base = Path(settings.data_dir).expanduser() if settings.data_dir else Path.home() / ".local/share/hazardwatch"
+    return base / f"journal-{re.sub(r'[^A-Za-z0-9_.-]', '_', settings.mqtt_client_id)}.sqlite3"
+
+
+def service_redactor(site: Site, settings: Settings) -> redact.Redactor:
+    vals = redact.secret_values(site)
+    vals |= redact.url_password(settings.database_url.get_secret_value() if settings.database_url else None)
+    vals |= redact.url_password(settings.mqtt_url)
+    if settings.link_secret is not None:
+        vals.add(settings.link_secret.get_secret_value())
+    return redact.Redactor(vals)
+
+
+def degraded_gauge(registry: CollectorRegistry, health: Health) -> None:
+    g = Gauge("hazardwatch_stage_degraded", "1 while a stage is degraded (retrying a fault), else 0", ["stage"],
+              registry=registry)
+
+    def on_change(st: StageState) -> None:
+        g.labels(st.stage).set(0 if st.ok else 1)
+
+    health.listen(on_change)
 
 
 async def link_secret(pool: AsyncConnectionPool, settings: Settings) -> bytes:
@@ -129,6 +202,26 @@ async def run_service(
             "no database configured: set HAZARDWATCH_DATABASE_URL=postgresql://… or database.url in the "
             "site file (or use `hazardwatch demo`, which brings its own)"
         )
+    redactor = service_redactor(site, settings)
+    filters = redact.install(redactor)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL (robot keys, tokens)
+    try:
+        await _run(settings, site, clock, registry, redactor, on_ready)
+    finally:
+        for h, f in filters:
+            h.removeFilter(f)
+
+
+async def _run(settings: Settings, site: Site, clock: Clock, registry: CollectorRegistry, redactor: redact.Redactor,
+               on_ready: Callable[[ServiceHandle], None] | None) -> None:
+    assert settings.database_url is not None
+    health = Health()
+    degraded_gauge(registry, health)
+    try:
+        journal = Journal(journal_path(settings))
+    except Exception as e:
+        raise ServiceError(f"the local journal {journal_path(settings)} cannot be opened ({e}); set "
+                           "HAZARDWATCH_DATA_DIR to a writable directory") from e
     async with open_pool(settings.database_url.get_secret_value(), min_size=2, max_size=16) as pool:
         async with pool.connection() as conn:
             edition, applied = await migrate(conn)
@@ -138,25 +231,39 @@ async def run_service(
         log.info("database %s ready (%s); migrations applied now: %s; %d sensors",
                  edition.value, settings.safe_dict()["database"], ", ".join(applied) or "none",
                  len(park.sensors))
+        gate = DbGate(journal)
+        flusher = Flusher(gate, pool)
+        rules_service.register_flush(flusher)
+        alerting_service.register_flush(flusher)
+        if not gate.up:
+            log.warning("the local journal holds %d entries from before the last stop: writing them now",
+                        len(journal))
+            await flusher.flush()  # before the stages restore from the database
         readings_q: asyncio.Queue[ReadingBatch | GatewayStatus] = asyncio.Queue(maxsize=READINGS_QUEUE)
         alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
         ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry)
         rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,
-                             registry=registry)
+                             registry=registry, gate=gate, health=health)
         signer = LinkSigner(await link_secret(pool, settings))
         alerting = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=alarms_q,
-                                   registry=registry, signer=signer)
+                                   registry=registry, signer=signer, gate=gate, health=health, redact=redactor)
         app = create_app(park=park, pool=pool, commands=rules, settings=settings, registry=registry,
-                         readiness=lambda: ingest.connected, links=signer, clock=clock)
+                         readiness=lambda: ingest.connected, links=signer, clock=clock, health=health)
         http_url = f"http://{settings.http_host}:{settings.http_port}"
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(rules.run(), name="rules")
-            tg.create_task(alerting.run(), name="alerting")
-            tg.create_task(ingest.run(), name="ingest")
-            tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
-            tg.create_task(maintenance_loop(pool, edition, site, clock), name="maintenance")
-            handle = ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry, http_url)
-            tg.create_task(_announce(handle, on_ready), name="announce")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(supervise("rules", rules.run, health), name="rules")
+                tg.create_task(supervise("alerting", alerting.run, health), name="alerting")
+                tg.create_task(supervise("ingest", ingest.run, health), name="ingest")
+                tg.create_task(supervise("journal", flusher.run, health), name="journal")
+                tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
+                tg.create_task(supervise("maintenance", lambda: maintenance_loop(pool, edition, site, clock), health),
+                               name="maintenance")
+                handle = ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry, http_url,
+                                       health, gate, flusher)
+                tg.create_task(_announce(handle, on_ready), name="announce")
+        finally:
+            journal.close()
 
 
 async def _announce(h: ServiceHandle, on_ready: Callable[[ServiceHandle], None] | None) -> None:

@@ -30,6 +30,7 @@ class EnvSettings(BaseSettings):
     http_addr: str | None = None
     public_url: str | None = None
     link_secret: SecretStr | None = None  # signs acknowledgement links; generated if unset
+    data_dir: str | None = None  # the local journal (alarms and messages during a database outage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Settings:
     http_port: int
     public_url: str
     link_secret: SecretStr | None
+    data_dir: str | None = None  # default: ~/.local/share/hazardwatch
 
     @property
     def mqtt(self) -> MqttTarget:
@@ -99,7 +101,7 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     addr = env.http_addr or (site.http.addr if site else None) or DEFAULT_HTTP_ADDR
     host, port = parse_addr(addr)
     public = env.public_url or (site.http.public_url if site else None) or f"http://{host}:{port}"
-    return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret)
+    return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret, env.data_dir)
 
 
 def default_client_id() -> str:

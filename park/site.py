@@ -289,7 +289,17 @@ class WebhookChannel(Strict):
 
 # Message parts an operator may rewrite (string.Template text; alerting.messages holds the defaults).
 TEMPLATE_NAMES = ("title", "body", "time", "step_immediate", "step_upgrade", "step_then", "step_repeat",
-                  "step_cleared", "step_resolved", "step_flood", "ack")
+                  "step_cleared", "step_resolved", "step_flood", "step_unreachable", "ack")
+
+
+class Delivery(Strict):
+    """How hard a message is pushed (CONTRACT §3: never abandoned while its alarm is unacknowledged)."""
+
+    retry_max: Duration = timedelta(minutes=2)  # back-off cap between attempts
+    fallback_after: int = Field(default=3, ge=1)  # failures on one channel before the contact's next is tried
+    unreachable_after: Duration = timedelta(minutes=10)  # undelivered this long: the duty room is told
+    give_up_after: Duration = timedelta(hours=24)  # only for messages of acknowledged or closed alarms
+    duty_room: str | None = None  # unit code of the park duty room; default: the enterprise's town
 
 
 class Channels(Strict):
@@ -298,6 +308,7 @@ class Channels(Strict):
     webhook: WebhookChannel | None = None
     console: bool = False  # also print every message to the log (the demo's channel)
     templates: dict[str, str] = Field(default_factory=dict)  # e.g. {title: "【${colour}】${enterprise}"}
+    delivery: Delivery = Field(default_factory=Delivery)
 
 
 class DatabaseSection(Strict):
@@ -435,8 +446,24 @@ def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
             )
         else:
             seen_units[u.code] = loc
+        names: dict[str, int] = {}
+        addresses: dict[str, int] = {}
         for i, c in enumerate(u.contacts):
             yield from _contact_problems(site, c, (*loc, "contacts", i))
+            # one person, one entry: two entries with one name (or one phone) would be told as one
+            if c.name in names:
+                yield (*loc, "contacts", i, "name"), (
+                    f"two contacts named {c.name} in unit {u.code} (also contact #{names[c.name] + 1}); "
+                    "give each person one entry with a distinct name")
+            else:
+                names[c.name] = i
+            for addr in (c.phone, c.wecom_user and f"wecom:{c.wecom_user}"):
+                if addr and addr in addresses and addresses[addr] != i:
+                    yield (*loc, "contacts", i), (
+                        f"contact {c.name} has the same phone or WeCom user as contact #{addresses[addr] + 1} "
+                        f"in unit {u.code}; list each person once")
+                elif addr:
+                    addresses[addr] = i
 
     for di, d in enumerate(site.districts):
         dl: Loc = ("districts", di)
@@ -466,6 +493,10 @@ def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
     if len(set(site.site.shifts)) != len(site.site.shifts):
         yield ("site", "shifts"), "a shift start time is listed twice; give each start once, e.g. ['08:00', '20:00']"
     yield from _http_problems(site)
+    duty = site.channels.delivery.duty_room
+    if duty is not None and duty not in seen_units:
+        yield ("channels", "delivery", "duty_room"), (
+            f"duty_room names unit '{duty}', which is not in this file; name a district, town or enterprise code")
     missing = [s.value for s in Severity if s not in site.escalation]
     if missing:
         yield ("escalation",), (

@@ -155,6 +155,7 @@ class AlarmEventKind(enum.StrEnum):
     CHATTERING = "chattering"
     FLOOD_START = "flood_start"
     FLOOD_END = "flood_end"
+    UNREACHABLE = "unreachable"  # alerting: a contact has gone unreached too long; the duty room is told
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ In the same transaction as any change, ``NOTIFY hazardwatch_alarms, '<id>'`` tel
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,14 +35,29 @@ def message(t: Transition) -> str:
     return alarm_text(t.alarm.rule, t.facts, t.value, t.limit)
 
 
-async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any) -> None:
-    """Write ``transitions`` (in order) inside the caller's transaction; ``bind(alarm, id)`` names new rows."""
+async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any,
+                  fresh: Container[int] = frozenset()) -> None:
+    """Write ``transitions`` (in order) inside the caller's transaction; ``bind(alarm, id)`` names new rows.
+
+    ``fresh`` are ids the caller gave new alarms beforehand (drawn from the id sequence, so an alarm
+    has its id — and its messages their keys — while the database is away): their rows are inserted
+    with that id, once."""
     touched: set[int] = set()
+    inserted: set[int] = set()
     for t in transitions:
         a = t.alarm
         if a.rule == "flood":
             continue  # park/enterprise flood marks are not alarms of their own
         text = message(t)
+        if a.alarm_id is not None and a.alarm_id in fresh and a.alarm_id not in inserted:
+            inserted.add(a.alarm_id)
+            await conn.execute(
+                "INSERT INTO alarms (id, dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"
+                " value, limit_value, message, detail, flood, noticed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                (a.alarm_id, a.key, a.sensor_id, a.enterprise, a.tag, a.rule, t.severity.value, t.state, a.raised_at,
+                 t.value, t.limit, text, _json(t.facts), a.flood, a.noticed_at or t.noticed_at),
+            )
         if a.alarm_id is None:
             cur = await conn.execute(
                 "INSERT INTO alarms (dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"

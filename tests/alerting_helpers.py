@@ -13,11 +13,18 @@ from urllib.parse import parse_qsl, urlsplit
 
 
 class VendorServer:
-    """``handler(method, path, query, headers, body) -> (status, json_body, extra_headers)``."""
+    """``handler(method, path, query, headers, body) -> (status, json_body, extra_headers)``.
 
-    def __init__(self, handler: Callable[..., tuple[int, Any, dict[str, str]]]) -> None:
+    With ``dedupe`` (the request's idempotency id, or None) it drops repeats as the contract's SMS
+    gateway does: a repeated id is answered 200 and recorded with ``duplicate`` set, not delivered."""
+
+    def __init__(self, handler: Callable[..., tuple[int, Any, dict[str, str]]],
+                 dedupe: Callable[[bytes], str | None] | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.delivered: set[str] = set()
         self.faults: list[str] = []  # "500", "slow", "429", "45009" … consumed one per request
+        self.fail_status: int | None = None  # while set, every request is answered with this status
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -29,7 +36,10 @@ class VendorServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 req = {"method": method, "path": u.path, "query": dict(parse_qsl(u.query)),
                        "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
-                fault = outer.faults.pop(0) if outer.faults else None
+                with outer.lock:
+                    fault = outer.faults.pop(0) if outer.faults else None
+                    if outer.fail_status is not None:
+                        fault = str(outer.fail_status)
                 if fault == "slow":
                     time.sleep(6)
                 if fault and fault.isdigit() and len(fault) == 3:
@@ -37,7 +47,16 @@ class VendorServer:
                 else:
                     status, resp, extra = handler(method, u.path, req["query"], req["headers"], body, fault)
                 req["status"] = status
-                outer.requests.append(req)
+                req["errcode"] = resp.get("errcode", 0) if isinstance(resp, dict) else 0
+                req["duplicate"] = False
+                if status == 200 and dedupe is not None:
+                    key = dedupe(body)
+                    with outer.lock:
+                        req["duplicate"] = key in outer.delivered
+                        if key is not None:
+                            outer.delivered.add(key)
+                with outer.lock:
+                    outer.requests.append(req)
                 raw = json.dumps(resp).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -62,11 +81,25 @@ class VendorServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def ok(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["status"] == 200]
+        """Requests delivered (200, WeCom errcode 0; with ``dedupe``, repeats of a delivered id left out)."""
+        with self.lock:
+            return [r for r in self.requests if r["status"] == 200 and not r["errcode"] and not r["duplicate"]]
+
+    def duplicates(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["duplicate"]]
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def sms_id(body: bytes) -> str | None:
+    """The contract's SMS gateway drops a repeated ``id`` (the idempotency key)."""
+    try:
+        return str(json.loads(body)["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def sms_gateway(method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes,

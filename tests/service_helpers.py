@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +27,7 @@ from park.clock import FakeClock
 from park.settings import EnvSettings, load_settings
 from park.site import Site
 from park.sitefile import parse_site
-from tests.alerting_helpers import VendorServer, sms_gateway, wecom_robot
+from tests.alerting_helpers import VendorServer, sms_gateway, sms_id, wecom_robot
 
 
 def free_port() -> int:
@@ -32,9 +40,10 @@ def free_port() -> int:
 async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                           clock: FakeClock) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient]]:
     port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="hw-data-")
     settings = load_settings(site, EnvSettings(
         database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=prefix, mqtt_client_id=f"svc-{uuid.uuid4().hex[:8]}",
-        http_addr=f"127.0.0.1:{port}", link_secret="test-link-secret-0123456789"))
+        http_addr=f"127.0.0.1:{port}", link_secret="test-link-secret-0123456789", data_dir=data_dir))
     ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_service(settings, site, clock=clock, registry=CollectorRegistry(),
                                            on_ready=ready.set_result))
@@ -55,6 +64,7 @@ async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def token_for(handle: ServiceHandle, unit: str) -> dict[str, str]:
@@ -106,9 +116,60 @@ class StandIns:
 @pytest.fixture
 def stand_ins() -> Iterator[StandIns]:
     """A local SMS gateway and WeCom robot endpoint, and the site file that points at them."""
-    sms, robot = VendorServer(sms_gateway), VendorServer(wecom_robot)
+    sms, robot = VendorServer(sms_gateway, dedupe=sms_id), VendorServer(wecom_robot)
     try:
         yield StandIns(sms, robot, site_text(sms.url, robot.url))
     finally:
         sms.close()
         robot.close()
+
+
+class ServiceProcess:
+    """``hazardwatch run`` as a real process; everything it prints is kept in ``log``."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "a", encoding="utf-8")
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("hazardwatch")), "run", "--config",
+                                      str(config)], env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: "hazardwatch running" in self.text() or self.proc.poll() is not None, within=60)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the service did not start:\n{self.text()[-3000:]}")
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+
+
+def wait_for(cond: Callable[[], object], within: float = 30.0, what: str = "condition") -> float:
+    """Poll ``cond`` until true (a generous deadline, never a fixed sleep); returns the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {within} s")
+
+
+def service_env(db_url: str, mqtt_url: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return dict(os.environ, HAZARDWATCH_DATABASE_URL=db_url, HAZARDWATCH_MQTT_URL=mqtt_url,
+                HAZARDWATCH_DATA_DIR=str(data_dir), HAZARDWATCH_MQTT_PREFIX=prefix,
+                HAZARDWATCH_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+                HAZARDWATCH_MQTT_CLIENT_ID=f"svc-{uuid.uuid4().hex[:8]}", PYTHONUNBUFFERED="1", **extra)

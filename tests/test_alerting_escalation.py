@@ -87,7 +87,9 @@ def test_clear_and_resolve_tell_everyone_already_told() -> None:
 def test_idempotency_keys_name_alarm_unit_contact_channel_step() -> None:
     plans = Escalator(PARK).on_event(ev(AlarmEventKind.RAISED, Severity.RED))
     keys = {p.key for p in plans}
-    assert "7/E001/张工/sms/immediate" in keys and "7/HM/群机器人/wecom_robot/immediate" not in keys
+    # the contact is named by its address, not its name (two 张工 in one unit are two people)
+    assert "7/E001/13800000003/sms/immediate" in keys and "7/HM/robot/wecom_robot/immediate" not in keys
+    assert "7/LJ/13800000002/sms/immediate" in keys
     assert len(keys) == len(plans)
 
 
@@ -138,3 +140,51 @@ def test_operators_can_rewrite_templates_from_the_site_file() -> None:
     assert r.title == "[红色] 某某化工有限公司 请立即处置"
     with pytest.raises(SiteFileError, match="unknown message template 'headline'"):
         parse_site(text.replace("templates: {title:", "templates: {headline:"), environ={})
+
+
+def test_deadlines_count_from_when_hazardwatch_noticed_the_alarm_not_the_readings_time() -> None:
+    # a reading stamped 1970 (or three hours late) arrives at T0: one message per recipient, reminders from T0
+    for stamped in (datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), T0 - timedelta(hours=3)):
+        esc = Escalator(PARK)
+        old = AlarmEvent(alarm_id=9, kind=AlarmEventKind.RAISED, ts=stamped, enterprise="E001", rule="high",
+                         severity=Severity.RED, sensor_id=2, tag="AT-2001", value=25.0, limit=20.0, message="m")
+        plans = esc.on_event(old, now=T0)
+        assert who(plans) == [("enterprise", "immediate"), ("town", "immediate")]
+        assert len({p.key for p in plans}) == len(plans)
+        assert all(p.due_at == T0 for p in plans)
+        assert esc.on_tick(T0 + timedelta(minutes=4)) == []
+        assert who(esc.on_tick(T0 + timedelta(minutes=5)))[0] == ("district", "then-district")
+        # noticed_at, when the rule stage sets it, wins over the clock passed in
+        esc2 = Escalator(PARK)
+        esc2.on_event(AlarmEvent(alarm_id=9, kind=AlarmEventKind.RAISED, ts=stamped, enterprise="E001", rule="high",
+                                 severity=Severity.RED, noticed_at=T0), now=T0 + timedelta(hours=1))
+        assert esc2.next_wakeup(T0) == T0 + timedelta(minutes=5)
+
+
+def test_a_late_tick_sends_one_reminder_the_latest_due_never_a_burst() -> None:
+    # red reminds every 5 min; hazardwatch was away for an hour: one reminder (repeat-12), not twelve
+    esc = Escalator(PARK)
+    esc.on_event(ev(AlarmEventKind.RAISED, Severity.RED), now=T0)
+    late = esc.on_tick(T0 + timedelta(minutes=61))
+    assert who(late) == [("district", "then-district"), ("enterprise", "repeat-12"), ("town", "repeat-12")]
+    assert len([p for p in late if p.unit == "E001"]) == 1
+    assert esc.on_tick(T0 + timedelta(minutes=62)) == []
+    assert who(esc.on_tick(T0 + timedelta(minutes=65)))[-1] == ("town", "repeat-13")
+
+
+def test_two_contacts_with_one_name_in_a_unit_are_refused() -> None:
+    from park.errors import SiteFileError
+    from tests.site_helpers import variant
+
+    two = variant('contacts: [{name: 张工, phone: "13800000003", channels: [sms]}]',
+                  'contacts: [{name: 张工, phone: "13800000003", channels: [sms]},\n'
+                  '                       {name: 张工, phone: "13800000009", channels: [sms]}]')
+    with pytest.raises(SiteFileError, match="two contacts named 张工 in unit E001"):
+        parse_site(two, environ={})
+    same_phone = two.replace('{name: 张工, phone: "13800000009"', '{name: 李工, phone: "13800000003"')
+    with pytest.raises(SiteFileError, match="same phone or WeCom user"):
+        parse_site(same_phone, environ={})
+    # two people in one unit: two keys, so the second person is told too
+    ok = two.replace('{name: 张工, phone: "13800000009"', '{name: 李工, phone: "13800000009"')
+    plans = Escalator(Park.from_site(parse_site(ok, environ={}))).on_event(ev(AlarmEventKind.RAISED, Severity.BLUE))
+    assert sorted(p.key for p in plans) == ["7/E001/13800000003/sms/immediate", "7/E001/13800000009/sms/immediate"]

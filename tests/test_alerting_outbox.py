@@ -15,8 +15,7 @@ from alerting.channels.webhook import Webhook
 from alerting.escalation import Escalator
 from alerting.links import LinkSigner
 from alerting.messages import Renderer
-from alerting.metrics import AlertingMetrics
-from alerting.outbox import OutboxWorker, enqueue, payload_of
+from alerting.outbox import enqueue, payload_of
 from alerting.service import FLOOD_SUMMARY_EVERY, AlertingService
 from park.clock import FakeClock
 from park.db import migrate, open_pool
@@ -79,9 +78,12 @@ def test_retry_with_backoff_then_fall_back_to_the_next_channel(db_url: str) -> N
                 await enqueue(conn, [(p, payload_of(p, park, renderer, signer, "http://hw")) for p in plans])
             async with httpx.AsyncClient() as client:
                 assert site.channels.sms is not None and site.channels.webhook is not None
-                worker = OutboxWorker(pool, {"sms": HttpSms(site.channels.sms, client),  # type: ignore[arg-type]
-                                             "webhook": Webhook(site.channels.webhook, client)},
-                                      park, AlertingMetrics(CollectorRegistry()))
+                settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+                worker = AlertingService(
+                    settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                    registry=CollectorRegistry(),
+                    channels={"sms": HttpSms(site.channels.sms, client),  # type: ignore[dict-item]
+                              "webhook": Webhook(site.channels.webhook, client)})
                 # attempt 1: a 503 — retried later, not now
                 sms.faults += ["503"]
                 [c] = await worker.claim(T0)
@@ -141,13 +143,17 @@ def test_flood_folds_messages_into_one_summary_per_unit_but_never_holds_red(db_u
                 await svc._plan(svc.escalator.on_event(event(i, flood=True)))
             await svc._plan(svc.escalator.on_event(event(7, Severity.RED, flood=True)))
             async with pool.connection() as conn:
-                cur = await conn.execute("SELECT alarm_id, step FROM outbox ORDER BY id")
+                cur = await conn.execute("SELECT alarm_id, step FROM outbox WHERE status <> 'held' ORDER BY id")
                 assert await cur.fetchall() == [(7, "immediate")], "only red goes out during a flood"
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE status = 'held'")
+                assert (await cur.fetchone()) == (6,), "held flood messages are rows, not memory"
             await svc._flood_summaries(T0 + FLOOD_SUMMARY_EVERY)
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT unit_code, contact, payload->>'text' FROM outbox"
                                          " WHERE step LIKE 'flood-%'")
                 [(unit, contact, text)] = await cur.fetchall()
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE status = 'folded'")
+                assert (await cur.fetchone()) == (6,)
             assert (unit, contact) == ("E1", "张工") and "6条预警" in text
 
     try:
@@ -181,6 +187,42 @@ def test_an_alarm_stored_just_before_a_crash_is_escalated_after_restart(db_url: 
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT alarm_id, unit_code, contact, step FROM outbox ORDER BY id")
                 assert await cur.fetchall() == [(1, "E1", "张工", "immediate")]  # the acked alarm needs nothing
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
+
+
+def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_has_not_heard_of_it(
+        db_url: str) -> None:
+    """The race behind the board test's extra SMS: the ack is committed, the ACKED event still queued for
+    alerting, and a tick plans the town step. The database, not the in-memory escalation, decides."""
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                   " raised_at) VALUES (1, 'k', 'E1', 'high', 'orange', 'active_unacked', %s)", (T0,))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                                  registry=CollectorRegistry(), channels={})
+            await svc._plan(svc.escalator.on_event(event(1), T0))
+            # a reminder planned (due later) before the ack; then the ack is committed by the rule stage
+            await svc._plan(svc.escalator.on_tick(T0 + timedelta(minutes=10)))
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE alarms SET acked_at = %s, state = 'active_acked' WHERE id = 1", (T0,))
+            await svc._plan(svc.escalator.on_tick(T0 + timedelta(minutes=20)))  # escalator not yet told
+            claimed = await svc.claim(T0 + timedelta(minutes=30))
+            assert [c.step for c in claimed] == ["immediate"]
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT step, status FROM outbox ORDER BY id")
+                assert await cur.fetchall() == [("immediate", "sending"), ("repeat-1", "cancelled")]
 
     try:
         asyncio.run(go())

@@ -136,18 +136,25 @@ def test_the_event_of_a_backfilled_raise_carries_both_clocks() -> None:
     assert ev.message == "CL 二级报警(2×OEL)：3 mg/m3，限值 2 mg/m3（补传数据，迟到 1 小时）"
 
 
-@pytest.mark.xfail(strict=True, reason="alerting counts deadlines from AlarmEvent.ts until the alarm-path work "
-                                       "(escalation from noticed_at) lands; then this passes: drop the mark")
 def test_escalation_of_a_one_hour_old_backfill_sends_one_message_per_recipient() -> None:
+    from collections import Counter
+
     from alerting.escalation import Escalator
     from rules.service import to_event
 
     d = Driver()
     d.read(0, "CL", 3.0, arrive=3600)  # red: enterprise and town at once, district after 5 min, repeat every 5 min
     [t] = [x for x in d.log if x.kind is AlarmEventKind.RAISED]
-    esc = Escalator(d.park)
+    d.engine.bind(t.alarm, 1)  # as the store would: alerting plans only stored alarms
+    told = (SITE.replace("            name: 一号化工\n",
+                         "            name: 一号化工\n            contacts: [{name: 张工, phone: '13800000003', channels: [sms]}]\n")
+            .replace("        name: 一镇\n",
+                     "        name: 一镇\n        contacts: [{name: 镇值班, phone: '13800000002', channels: [sms]}]\n"))
+    esc = Escalator(park(told))
     planned = esc.on_event(to_event(t)) + esc.on_tick(at(3600.2))
-    assert planned and not [p for p in planned if p.step.startswith(("repeat", "then"))], [p.step for p in planned]
+    # the reading is an hour old, but the alarm was raised now: only the immediate step is due
+    assert sorted((p.level, p.step) for p in planned) == [("enterprise", "immediate"), ("town", "immediate")]
+    assert set(Counter(p.address for p in planned).values()) == {1}
 
 
 def test_a_leak_starting_during_maintenance_alarms_at_once() -> None:
