@@ -95,6 +95,9 @@ ALERT_CASES: list[tuple[str, dict[str, str], str, str, list[dict[str, str]]]] = 
     ("sms flaky but delivering", {'hazardwatch_alerting_attempts_total{channel="sms",outcome="failed"}': "0+2x25",
                                   'hazardwatch_alerting_attempts_total{channel="sms",outcome="sent"}': "0+1x25"},
      "25m", "HazardwatchUndeliverableMessages", []),
+    ("contact unreachable", {"hazardwatch_alerting_unreachable_total": "0 0 0 1 1 1"}, "5m",
+     "HazardwatchContactUnreachable", [{"severity": "warning"}]),
+    ("contacts reached", {"hazardwatch_alerting_unreachable_total": "2x6"}, "5m", "HazardwatchContactUnreachable", []),
     ("stage degraded", {'hazardwatch_stage_degraded{stage="alerting"}': "1x10"}, "10m", "HazardwatchStageDegraded",
      [{"severity": "warning", "stage": "alerting"}]),
 ]

@@ -53,6 +53,12 @@ HEALTHY: dict[str, str] = {
                                            "a channel is down (retried, then the next channel)",
     "hazardwatch_alerting_outbox_pending": "0 or a few; growing for minutes = messages are not leaving",
     "hazardwatch_alerting_send_seconds": "p99 under the channel's timeout (5 s)",
+    "hazardwatch_alerting_db_errors_total": "0; rising = database outage (messages go out from the local journal "
+                                            "and are recorded when it returns)",
+    "hazardwatch_alerting_unreachable_total": "0; each increase is a contact not reached for unreachable_after "
+                                              "(10 min), reported to the duty room: fix the number or channel",
+    "hazardwatch_stage_degraded": "0 for every `stage`; 1 = the stage is retrying a fault (see /readyz for why); "
+                                  "it recovers by itself",
     "hazardwatch_alerting_flood_held_total": "0 except during a flood (messages folded into summaries)",
 }
 

@@ -108,6 +108,8 @@ NOTES: dict[str, str] = {
     "Channels.wecom": "WeCom (企业微信): robot base URL and application credentials",
     "Channels.webhook": "a JSON POST of every message to another platform",
     "Channels.console": "also print every message to the log (the demo's channel)",
+    "Channels.delivery": "how hard a message is pushed: retries, fallback to the next channel, telling the duty "
+                         "room about contacts not reached",
     "Channels.templates": "rewrite message parts (string.Template text); names: "
                           + ", ".join(S.TEMPLATE_NAMES),
     "SmsHttp.provider": "http",
