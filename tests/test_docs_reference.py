@@ -82,3 +82,12 @@ def test_guides_come_in_chinese_and_english() -> None:
         en = (DOCS / f"{name}.en.md").read_text(encoding="utf-8")
         assert re.search(r"[\u4e00-\u9fff]{20}", zh) and f"{name}.en.md" in zh and f"{name}.zh.md" in en
         assert len(re.findall(r"^## ", zh, re.M)) >= len(re.findall(r"^## ", en, re.M)) - 1
+
+
+def test_gateway_guides_explain_every_reject_reason() -> None:
+    from ingest.errors import RejectReason
+
+    for guide in ("gateway-guide.zh.md", "gateway-guide.en.md"):
+        text = (DOCS / guide).read_text(encoding="utf-8")
+        missing = [r.value for r in RejectReason if f"| `{r.value}` |" not in text]
+        assert missing == [], f"{guide}: add a row for {missing} to the table of rejections"
