@@ -23,7 +23,8 @@ try:
 except ImportError:  # pragma: no cover - libyaml missing
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME}, or ${NAME:-default} (as in a shell): the default is used when NAME is unset or empty
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Abort(Exception):
@@ -135,7 +136,9 @@ class _Builder:
 
     def _substitute(self, value: str, line: int, loc: Loc) -> str:
         def repl(m: re.Match[str]) -> str:
-            name = m.group(1)
+            name, default = m.group(1), m.group(2)
+            if default is not None and not self.environ.get(name):
+                return default
             if name not in self.environ:
                 self._problem(
                     line, loc,

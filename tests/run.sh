@@ -20,6 +20,8 @@ command -v psql >/dev/null || pkgs+=(postgresql-client)
 [ -n "$(ls /etc/postgresql 2>/dev/null)" ] || pkgs+=(postgresql)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v chromium >/dev/null || pkgs+=(chromium)
+# promtool checks the Prometheus alert rules shipped in deploy/ (the server itself is not started)
+command -v promtool >/dev/null || pkgs+=(prometheus)
 # a CJK font, so the board's screenshots (test-artifacts/) show Chinese text rather than boxes
 dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || pkgs+=(fonts-wqy-microhei)
 $PY -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)

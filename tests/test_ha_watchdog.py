@@ -226,8 +226,7 @@ def test_ha_metrics_follow_the_elector() -> None:
 def test_prometheus_rules_parse_and_alert_on_a_silent_instance() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus-rules.yml").read_text(encoding="utf-8"))
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
-    assert {"HazardwatchHeartbeatStale", "HazardwatchInstanceDown", "HazardwatchAllInstancesDown",
-            "HazardwatchNoLeader", "HazardwatchSeveralLeaders"} <= set(alerts)
+    assert set(alerts) == {"HazardwatchHeartbeatStale", "HazardwatchNoLeader", "HazardwatchSeveralLeaders"}
     assert "hazardwatch_heartbeat_timestamp_seconds" in alerts["HazardwatchHeartbeatStale"]["expr"]
     for r in alerts.values():
         assert r["labels"]["severity"] in ("critical", "warning") and r["annotations"]["summary"]
@@ -238,9 +237,10 @@ def test_prometheus_rules_parse_and_alert_on_a_silent_instance() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_systemd_unit_asks_for_the_watchdog_and_restarts() -> None:
-    text = (DEPLOY / "hazardwatch.service").read_text(encoding="utf-8")
+def test_systemd_unit_asks_for_the_watchdog_this_module_feeds() -> None:
+    text = (DEPLOY.parent / "systemd" / "hazardwatch.service").read_text(encoding="utf-8")
     keys = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert keys["Type"] == "notify" and keys["NotifyAccess"] == "main"
-    assert keys["WatchdogSec"] == "30s" and keys["Restart"] == "always"
+    # notifications come from the main process; a watchdog period the beat (half of it) can keep
+    assert int(keys["WatchdogSec"].rstrip("s")) >= 10 and keys["Restart"] == "always"
     assert keys["ExecStart"].split()[1:3] == ["run", "--config"]

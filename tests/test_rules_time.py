@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
-import pytest
 
 from park.site import EnterpriseState
 from park.types import AlarmEventKind, ReadingBatch, epoch_us
@@ -146,10 +145,10 @@ def test_escalation_of_a_one_hour_old_backfill_sends_one_message_per_recipient()
     d.read(0, "CL", 3.0, arrive=3600)  # red: enterprise and town at once, district after 5 min, repeat every 5 min
     [t] = [x for x in d.log if x.kind is AlarmEventKind.RAISED]
     d.engine.bind(t.alarm, 1)  # as the store would: alerting plans only stored alarms
-    told = (SITE.replace("            name: 一号化工\n",
-                         "            name: 一号化工\n            contacts: [{name: 张工, phone: '13800000003', channels: [sms]}]\n")
-            .replace("        name: 一镇\n",
-                     "        name: 一镇\n        contacts: [{name: 镇值班, phone: '13800000002', channels: [sms]}]\n"))
+    ent = "            contacts: [{name: 张工, phone: '13800000003', channels: [sms]}]\n"
+    town = "        contacts: [{name: 镇值班, phone: '13800000002', channels: [sms]}]\n"
+    told = SITE.replace("            name: 一号化工\n", "            name: 一号化工\n" + ent).replace(
+        "        name: 一镇\n", "        name: 一镇\n" + town)
     esc = Escalator(park(told))
     planned = esc.on_event(to_event(t)) + esc.on_tick(at(3600.2))
     # the reading is an hour old, but the alarm was raised now: only the immediate step is due

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from park.durations import parse_duration
 from park.errors import HazardwatchError, SiteFileError
 from park.settings import load_settings
 from park.sitefile import load_site
@@ -17,6 +18,9 @@ from park.sitefile import load_site
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the whole service (ingest, rules, alerting, HTTP API and board)")
     p.add_argument("--config", required=True, help="site file (YAML)")
+    p.add_argument("--start-timeout", default="60s",
+                   help="how long to wait at start for the database and the broker before giving up "
+                        "(default 60s); once running, outages are waited out for ever")
     p.set_defaults(func=run)
 
 
@@ -31,12 +35,22 @@ def run(args: argparse.Namespace) -> int:
     except HazardwatchError as e:
         print(f"✗ {e}", file=sys.stderr)
         return 1
+    try:
+        limit = parse_duration(args.start_timeout).total_seconds()
+    except ValueError as e:
+        print(f"✗ --start-timeout: {e}", file=sys.stderr)
+        return 1
+    from hazardwatch.preflight import preflight
     from hazardwatch.service import run_service
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await preflight(settings, limit, say)
         await run_service(settings, site)
 
     return run_until_stopped(main())

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from park.errors import Unavailable
 
 # After a failover or a server restart every pooled connection is dead, and a dead primary host
 # (power lost) answers nothing at all; these keep the pool from waiting on it. A URL's own
@@ -45,15 +47,22 @@ def _readable(fd: int) -> bool:
 
 @asynccontextmanager
 async def open_pool(
-    url: str, *, min_size: int = 2, max_size: int = 10, name: str = "hazardwatch", wait: bool = True
+    url: str, *, min_size: int = 2, max_size: int = 10, name: str = "hazardwatch", wait: bool = True,
+    open_timeout: float = 30.0,
 ) -> AsyncIterator[AsyncConnectionPool]:
     """An open async pool; ``wait=False`` lets the service start while the database is down.
+
+    With ``wait``, a database that accepts no connection within ``open_timeout`` raises
+    :class:`Unavailable` naming its address (never the password), not psycopg's bare PoolTimeout.
 
     Connections are checked as they are handed out, so none broken by a failover or a restart
     reaches a stage; a libpq multi-host URL (``host=a,b … target_session_attrs=read-write``)
     reconnects to whichever server takes writes.
     """
-    given = conninfo_to_dict(url)
+    try:
+        given = conninfo_to_dict(url)
+    except Exception:  # refused when connecting, with the address only (see below)
+        given = {}
     pool = AsyncConnectionPool(
         url,
         min_size=min_size,
@@ -65,8 +74,31 @@ async def open_pool(
         check=server_gone,
         reconnect_timeout=RECONNECT_TIMEOUT,
     )
-    await pool.open(wait=wait, timeout=30)
+    try:
+        await pool.open(wait=wait, timeout=open_timeout)
+    except PoolTimeout:
+        await pool.close()
+        raise Unavailable(
+            "database",
+            f"database {safe_address(url)} accepted no connection within {open_timeout:.0f} s: check that PostgreSQL "
+            "runs there and the host, port, user, password and database name (HAZARDWATCH_DATABASE_URL)",
+        ) from None
     try:
         yield pool
     finally:
         await pool.close()
+
+
+def safe_address(url: str) -> str:
+    """``postgresql://user@host:port/db`` for messages: no password; several hosts kept."""
+    try:
+        d = conninfo_to_dict(url)
+    except Exception:  # a URL psycopg cannot parse: say so without echoing it (it may hold a password)
+        return "(unparsable database URL)"
+    user = f"{d['user']}@" if d.get("user") else ""
+    hosts = str(d.get("host") or "localhost").split(",")
+    ports = str(d.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    where = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports, strict=False))
+    return f"postgresql://{user}{where}/{d.get('dbname') or ''}"
