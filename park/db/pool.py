@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import select
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -26,25 +24,6 @@ CONNECT_DEFAULTS = {
 RECONNECT_TIMEOUT = 10.0
 
 
-async def server_gone(conn: AsyncConnection) -> None:
-    """Raise if the server has ended this connection; free on the hot path.
-
-    An idle pooled connection has nothing waiting on its socket — unless the server stopped,
-    restarted, failed over or ended the session, which leaves a goodbye message and an
-    end-of-file there. Only then is the server asked (one round trip), and the connection
-    refused if it does not answer. A host that vanished without a word is caught by the TCP
-    keepalives instead.
-    """
-    if _readable(conn.pgconn.socket):
-        await AsyncConnectionPool.check_connection(conn)
-
-
-def _readable(fd: int) -> bool:
-    p = select.poll()
-    p.register(fd, select.POLLIN | select.POLLPRI)
-    return bool(p.poll(0))
-
-
 @asynccontextmanager
 async def open_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, name: str = "hazardwatch", wait: bool = True,
@@ -55,9 +34,11 @@ async def open_pool(
     With ``wait``, a database that accepts no connection within ``open_timeout`` raises
     :class:`Unavailable` naming its address (never the password), not psycopg's bare PoolTimeout.
 
-    Connections are checked as they are handed out, so none broken by a failover or a restart
-    reaches a stage; a libpq multi-host URL (``host=a,b … target_session_attrs=read-write``)
-    reconnects to whichever server takes writes.
+    A libpq multi-host URL (``host=a,b … target_session_attrs=read-write``) reconnects to
+    whichever server takes writes. Connections are not checked as they are handed out: when the
+    database goes away a stage must fail at once (its alarms go to the local journal) rather than
+    wait out the pool's timeout for a healthy one; after a restart or a failover each dead
+    connection fails once and is dropped.
     """
     try:
         given = conninfo_to_dict(url)
@@ -71,7 +52,6 @@ async def open_pool(
         open=False,
         kwargs={"autocommit": False, "application_name": name,
                 **{k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}},
-        check=server_gone,
         reconnect_timeout=RECONNECT_TIMEOUT,
     )
     try:
