@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 # Module names under hazardwatch.commands, in the order they appear in --help.
-COMMANDS = ["run", "demo", "check_config", "db", "token", "simulate", "score", "bench", "dashboards", "deploy", "docs"]
+COMMANDS = ["run", "demo", "check_config", "db", "token", "status", "simulate", "score", "bench", "dashboards",
+            "deploy", "docs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,6 +60,16 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_stage_degraded": "0 for every `stage`; 1 = the stage is retrying a fault (see /readyz for why); "
                                   "it recovers by itself",
     "hazardwatch_alerting_flood_held_total": "0 except during a flood (messages folded into summaries)",
+    "hazardwatch_heartbeat_timestamp_seconds": "within a beat (10 s, or half of systemd's WatchdogSec) of now; "
+                                               "older than a minute = the instance is stuck (alert rule in "
+                                               "deploy/ha)",
+    "hazardwatch_heartbeat_url_pings_total": "rises once a minute with `outcome=\"ok\"` when a dead-man's-switch "
+                                             "URL is set; failed rising = that service is unreachable from here",
+    "hazardwatch_ha_leader": "1 on exactly one instance of the park, 0 on the others; summed 0 or 2 for more "
+                             "than a minute = no leader or a split view (alert rules in deploy/ha)",
+    "hazardwatch_ha_epoch": "the same on every instance that has led; rises by one at each takeover",
+    "hazardwatch_ha_role_changes_total": "rises at start-up and at each takeover; rising steadily = leadership "
+                                         "flaps (database link or clock trouble)",
 }
 
 

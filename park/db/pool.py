@@ -10,6 +10,19 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from park.errors import Unavailable
 
+# After a failover or a server restart every pooled connection is dead, and a dead primary host
+# (power lost) answers nothing at all; these keep the pool from waiting on it. A URL's own
+# settings win.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "10",  # per host of a multi-host URL
+    "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3",
+    "tcp_user_timeout": "20000",  # ms: unacknowledged data on a vanished host fails the connection
+}
+# psycopg_pool doubles its reconnect delay without a cap for as long as this lasts; bounded, a
+# failed attempt chain ends and the next request starts a new one at once, so the pool finds a
+# promoted replica within seconds however long the outage was.
+RECONNECT_TIMEOUT = 10.0
+
 
 @asynccontextmanager
 async def open_pool(
@@ -20,15 +33,26 @@ async def open_pool(
 
     With ``wait``, a database that accepts no connection within ``open_timeout`` raises
     :class:`Unavailable` naming its address (never the password), not psycopg's bare PoolTimeout.
+
+    A libpq multi-host URL (``host=a,b … target_session_attrs=read-write``) reconnects to
+    whichever server takes writes. Connections are not checked as they are handed out: when the
+    database goes away a stage must fail at once (its alarms go to the local journal) rather than
+    wait out the pool's timeout for a healthy one; after a restart or a failover each dead
+    connection fails once and is dropped.
     """
+    try:
+        given = conninfo_to_dict(url)
+    except Exception:  # refused when connecting, with the address only (see below)
+        given = {}
     pool = AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"autocommit": False, "application_name": name},
-        reconnect_timeout=float("inf"),
+        kwargs={"autocommit": False, "application_name": name,
+                **{k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}},
+        reconnect_timeout=RECONNECT_TIMEOUT,
     )
     try:
         await pool.open(wait=wait, timeout=open_timeout)
