@@ -34,7 +34,7 @@ from park.model import Park
 from park.proc import trim_memory
 from park.settings import Settings
 from park.site import Site
-from park.types import AlarmEvent, GatewayStatus, ReadingBatch
+from park.types import AlarmEvent, GatewayClock, GatewayStatus, ReadingBatch
 from rules.service import RulesService
 
 log = logging.getLogger("hazardwatch")
@@ -136,7 +136,7 @@ async def run_service(
         log.info("database %s ready (%s); migrations applied now: %s; %d sensors",
                  edition.value, settings.safe_dict()["database"], ", ".join(applied) or "none",
                  len(park.sensors))
-        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus] = asyncio.Queue(maxsize=READINGS_QUEUE)
+        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = asyncio.Queue(maxsize=READINGS_QUEUE)
         alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
         ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry)
         rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,

@@ -75,10 +75,11 @@ async def write_rejects(conn: AsyncConnection, rejects: Sequence[Reject], receiv
     if not rejects:
         return
     async with conn.cursor() as cur, cur.copy(
-        "COPY rejects (received_at, topic, reason, detail, payload) FROM STDIN"
+        "COPY rejects (received_at, topic, reason, detail, payload, payload_bytes) FROM STDIN"
     ) as cp:
         for r in rejects:
-            await cp.write_row((received_at, r.topic[:512], r.reason.value, r.detail, r.payload))
+            await cp.write_row((received_at, r.topic[:512], r.reason.value, r.detail, r.payload,
+                                r.size if r.payload is not None else None))
 
 
 async def write_statuses(conn: AsyncConnection, statuses: Sequence[GatewayStatus]) -> None:

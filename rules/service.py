@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from park.clock import Clock
 from park.model import Park
 from park.site import EnterpriseState
-from park.types import AlarmEvent, GatewayStatus, ReadingBatch
+from park.types import AlarmEvent, GatewayClock, GatewayStatus, ReadingBatch
 from rules.engine import RuleEngine
 from rules.lifecycle import Transition
 from rules.metrics import RulesMetrics
@@ -32,7 +32,8 @@ TICK_MAX = 5.0  # seconds between ticks at the most
 
 class RulesService:
     def __init__(self, *, park: Park, pool: AsyncConnectionPool, clock: Clock,
-                 inbox: asyncio.Queue[ReadingBatch | GatewayStatus], outbox: asyncio.Queue[AlarmEvent] | None,
+                 inbox: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock],
+                 outbox: asyncio.Queue[AlarmEvent] | None,
                  registry: CollectorRegistry) -> None:
         self.park = park
         self.pool = pool
@@ -72,6 +73,8 @@ class RulesService:
                     if isinstance(item, ReadingBatch):
                         out = self.engine.on_batch(item)
                         self.metrics.readings.inc(len(item))
+                    elif isinstance(item, GatewayClock):
+                        out = []  # ingest's clock measurement: the clock-offset rule is not here yet
                     else:
                         # a status message carries no time of its own: judge it on this stage's clock,
                         # like every other time-based rule
