@@ -92,6 +92,21 @@ def backoff(failures: int) -> float:
     return min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
 
 
+async def _in_thread(target: MqttTarget) -> socket.socket:
+    """:func:`open_socket` in a worker thread; cancelled meanwhile, the socket it makes is closed."""
+    fut = asyncio.ensure_future(asyncio.to_thread(open_socket, target))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_close_made_socket)
+        raise
+
+
+def _close_made_socket(fut: asyncio.Future[socket.socket]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
+
+
 class _Client(mqtt.Client):
     """paho, with its socket made beforehand (:attr:`prepared`) and its reads buffered.
 
@@ -237,7 +252,7 @@ class MqttTransport:
             # keep self.failures: only an accepted subscription resets the back-off
             log.warning("broker %s:%d refused the connection: %s", self.target.host, self.target.port, reason)
             self._degraded(f"broker refused the connection: {reason}")
-            self._close()
+            self._close_soon()  # not inside paho's callback: it holds a lock that closing takes
             return
         self._connack = True
         self.session += 1
@@ -261,7 +276,7 @@ class MqttTransport:
         if any(r.is_failure for r in reasons):
             log.error("broker refused the subscription to %s: %s", self.topic, reasons)
             self._degraded(f"broker refused the subscription to {self.topic}")
-            self._close()
+            self._close_soon()
             return
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.failures = 0
@@ -352,7 +367,7 @@ class MqttTransport:
                 self.attempts += 1
                 self.connecting = True
                 try:
-                    sock = await asyncio.to_thread(open_socket, t)
+                    sock = await _in_thread(t)
                 except (OSError, ValueError) as e:  # ssl errors are OSErrors; CertificateError a ValueError
                     self._unreachable(e)
                     continue
@@ -388,6 +403,10 @@ class MqttTransport:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), 1.0)
 
+    def _close_soon(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon(self._close)
+
     def _close(self) -> None:
         client = self._client
         if client is not None and client.socket() is not None:
@@ -405,9 +424,16 @@ class MqttTransport:
         self.connected = False
         self.metrics.connected.set(0)
         self.subscribed.clear()
-        if was and not self._stopping:
+        if self._stopping:
+            return
+        if was:
             log.warning("broker connection lost (%s); reconnecting", why)
             self._degraded(f"broker connection lost ({why})")
+        elif self.health is None or self.health.register(STAGE).ok:
+            # closed before the session was up: a TLS alert after the handshake (no client
+            # certificate), a refused CONNECT; paho logged the cause
+            self._degraded(f"broker {self.target.host}:{self.target.port} closed the connection before the session "
+                           f"was established ({why})")
 
     def _degraded(self, reason: str) -> None:
         if self.health is not None and not self._stopping:
