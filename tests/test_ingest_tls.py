@@ -10,10 +10,13 @@ import itertools
 import json
 import logging
 import socket
+import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -214,5 +217,85 @@ def test_a_stalled_handshake_does_not_freeze_the_event_loop(tmp_path: Path) -> N
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+        asyncio.run(go())
+
+
+class CoalescingTlsProxy:
+    """A TLS terminator in front of a plain broker (as HAProxy or a cloud load balancer would be) that
+    forwards what the broker sends in large writes: many MQTT packets share one TLS record, so after
+    the client reads one packet the rest sit decrypted in its TLS buffer (``pending()``), where no
+    selector sees them."""
+
+    def __init__(self, folder: Path, upstream: tuple[str, int]) -> None:
+        ca = trustme.CA()
+        self.ca_file = folder / "proxy-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(self.ctx)
+        self.upstream = upstream
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, hold: bool) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while True:
+                if hold:  # let the broker's packets pile up, then pass them on in one write
+                    await asyncio.sleep(0.005)
+                data = await r.read(65536)
+                if not data:
+                    break
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(self._pump(cr, bw, False), self._pump(br, cw, True))
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self.ctx)
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        async with server:
+            await self._stop.wait()
+
+    def __enter__(self) -> CoalescingTlsProxy:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def test_tls_records_holding_many_packets_are_read_to_the_end(mqtt_url: str, topic_prefix: str,  # type: ignore[no-untyped-def]
+                                                               make_database, tmp_path: Path) -> None:
+    """Every message of a burst is stored well inside the keepalive: the last TLS record's packets do
+    not wait for the next byte from the broker (which, with nothing more published, is a PINGRESP
+    30 s later)."""
+    db = make_database("postgres", "hwi")
+    u = urlsplit(mqtt_url)
+    with CoalescingTlsProxy(tmp_path, (u.hostname or "127.0.0.1", u.port or 1883)) as proxy:
+        settings = settings_for(f"mqtts://127.0.0.1:{proxy.port}", db, topic_prefix, mqtt_ca_file=str(proxy.ca_file))
+        expected = 100 * len(TAGS) + 1500
+
+        async def go() -> None:
+            await prepare(db)
+            async with running_ingest(settings):
+                pub = Publisher(mqtt_url)
+                try:
+                    for round_ in range(3):  # bursts with pauses between: each one must be read to its end
+                        msgs = _burst(topic_prefix)
+                        await asyncio.to_thread(pub.publish_many, msgs[round_::3])
+                    assert await wait_rows(db, expected, within=20) == expected
+                finally:
+                    pub.close()
 
         asyncio.run(go())
