@@ -29,8 +29,8 @@ from park.site import Site
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 DEFAULT_BACKFILL = timedelta(days=7)  # CONTRACT §1: older readings are rejected at the door
 # host[:port], a bracketed IPv6 address, or libpq's comma-separated host list
-_AUTHORITY = re.compile(r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::\d*)?)(?:,(?:\[[0-9A-Fa-f:.]+\]|"
-                        r"[A-Za-z0-9._~%-]*)(?::\d*)?)*$")
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[^,/?#@\[\]]*)?"  # any port text: checked later
+_AUTHORITY = re.compile(rf"^{_HOST}(?:,{_HOST})*$")
 
 
 @dataclass(frozen=True, slots=True)
