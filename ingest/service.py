@@ -74,13 +74,13 @@ class IngestService:
         registry: CollectorRegistry,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         health: Health | None = None,
-        writers: int = WRITERS,
+        writers: int | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.sink = sink
         self.health = health
-        self.writers = max(1, writers)
+        self.writers = max(1, writers if writers is not None else WRITERS)
         self.metrics = IngestMetrics(registry)
         self.decoder = Decoder(park, settings.mqtt_prefix, max_payload, settings.backfill)
         self.transport = MqttTransport(settings.mqtt, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#",
