@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 import numpy as np
 from prometheus_client import CollectorRegistry
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
 from ingest.metrics import IngestMetrics
 from ingest.transport import Message, MqttTransport
-from ingest.writer import write_readings, write_rejects, write_statuses
+from ingest.writer import write_batch
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
@@ -91,6 +91,7 @@ class IngestService:
         self._next_ack = 0
         self._done: dict[int, _Work] = {}
         self._db_failing = False
+        self._writers_pool: ConnectionPool | None = None
         self._last_reject_log = -REJECT_LOG_EVERY
         self._rejects_since_log = 0
         if health is not None:
@@ -106,6 +107,21 @@ class IngestService:
         return self.transport.subscribed
 
     async def run(self) -> None:
+        assert self.settings.database_url is not None
+        # the writers' own connections, used from worker threads (see ingest.writer); opened without
+        # waiting, so the stage starts, and feeds the rules, while the database is away
+        pool = ConnectionPool(self.settings.database_url.get_secret_value(), min_size=0, max_size=self.writers,
+                              open=False, name="hazardwatch-ingest", reconnect_timeout=float("inf"),
+                              kwargs={"autocommit": False, "application_name": "hazardwatch-ingest"})
+        await asyncio.to_thread(pool.open, False)
+        self._writers_pool = pool
+        try:
+            await self._run()
+        finally:
+            self._writers_pool = None
+            await asyncio.shield(asyncio.to_thread(pool.close, 5.0))
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.transport.run(), name="ingest-mqtt")
             tg.create_task(self._decode_loop(), name="ingest-decode")
@@ -207,12 +223,7 @@ class IngestService:
         while True:
             t0 = time.perf_counter()
             try:
-                async with self.pool.connection(timeout=10) as conn, conn.transaction():
-                    new = 0
-                    if batch is not None:
-                        new, _dups = await write_readings(conn, batch)
-                    await write_rejects(conn, rejects, datetime.now(UTC))
-                    await write_statuses(conn, statuses)
+                new = await asyncio.to_thread(self._write, batch, rejects, statuses)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 # two writers met on the same redelivered readings: not a fault, go again
                 await asyncio.sleep(random.uniform(0.0, 0.05))
@@ -237,6 +248,12 @@ class IngestService:
             self.metrics.stored.inc(new)
             self.metrics.duplicates.inc(n - new)
             return
+
+    def _write(self, batch: ReadingBatch | None, rejects: list[Reject], statuses: list[GatewayStatus]) -> int:
+        """In a worker thread, on a writer connection of its own."""
+        assert self._writers_pool is not None
+        with self._writers_pool.connection(timeout=10) as conn:
+            return write_batch(conn, batch, rejects, statuses, datetime.now(UTC))
 
     def _count_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:

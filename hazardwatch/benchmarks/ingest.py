@@ -53,6 +53,7 @@ class Figure:
     messages: int
     readings: int
     seconds: float
+    cpu: float | None = None  # seconds of this process's CPU during the run, where measured
 
     @property
     def rate(self) -> float:
@@ -198,6 +199,7 @@ async def service_drain(url: str, admin: str, spec: LoadSpec, writers: int | Non
                     task.result()
                 await asyncio.sleep(0.002)
             t0 = time.perf_counter()  # the drain has begun
+            cpu0 = time.process_time()
             while value("hazardwatch_ingest_readings_stored_total") < expected:
                 if task.done():
                     task.result()
@@ -205,13 +207,14 @@ async def service_drain(url: str, admin: str, spec: LoadSpec, writers: int | Non
                     break
                 await asyncio.sleep(0.01)
             secs = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
             stored = int(value("hazardwatch_ingest_readings_stored_total"))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(_end_session, url, cid)
-    return Figure("hazardwatch (whole service)", spec.messages, stored, secs)
+    return Figure("hazardwatch (whole service)", spec.messages, stored, secs, cpu)
 
 
 @dataclass(slots=True)
