@@ -45,8 +45,9 @@ def tag(j: int) -> str:
     return f"AT-{j:04d}"
 
 
-def site_yaml(enterprises: int, points: int, name: str = "负载测试园区") -> str:
-    """A valid site file with the load's sensors (combustible gas: standard limits, no config)."""
+def site_yaml(enterprises: int, points: int, name: str = "负载测试园区", toxic: int = 0) -> str:
+    """A valid site file with the load's sensors (combustible gas: standard limits, no config), and
+    ``toxic`` H2S detectors per enterprise (tags ``TX-0000`` …) for alarms that must go out at once."""
     lines = [f"site: {{name: {name}}}", "districts:", "  - code: LD", "    name: 负载区", "    towns:"]
     per_town = 250
     for t in range((enterprises + per_town - 1) // per_town):
@@ -55,6 +56,8 @@ def site_yaml(enterprises: int, points: int, name: str = "负载测试园区") -
             lines += [f"          - code: {enterprise_code(i)}", f"            name: 负载企业{i}",
                       "            sensors:"]
             lines += [f"              - {{tag: {tag(j)}, kind: gas_combustible}}" for j in range(points)]
+            lines += [f"              - {{tag: TX-{j:04d}, kind: gas_toxic, gas: H2S, unit: mg/m3}}"
+                      for j in range(toxic)]
     return "\n".join(lines) + "\n"
 
 
