@@ -51,7 +51,8 @@ class Claimed:
 
 
 def payload_of(p: Planned, park: Park, renderer: Renderer, signer: LinkSigner, public_url: str) -> dict[str, Any]:
-    link = f"{public_url}/ack/{signer.sign(p.alarm_id, p.due_at + LINK_VALID)}" if p.alarm_id > 0 else ""
+    link = f"{public_url}/ack/{signer.sign(p.alarm_id, p.due_at + LINK_VALID, p.unit, p.address)}" \
+        if p.alarm_id > 0 else ""
     r = renderer.render(p, link)
     ev = p.event
     ent = park.enterprises.get(ev.enterprise)

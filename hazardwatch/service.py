@@ -72,8 +72,10 @@ class _Server(uvicorn.Server):
 
 
 async def serve_http(app: Any, host: str, port: int) -> None:
+    # proxy headers are the app's business (http.trusted_proxies), never believed by default;
+    # the lifespan runs the app's own resources (the live-stream listener)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                    lifespan="off", timeout_graceful_shutdown=2))
+                                    lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2))
     try:
         await server.serve()
         if not server.started:

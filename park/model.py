@@ -13,6 +13,7 @@ from datetime import timedelta
 from park.gases import lookup_gas, normalise_unit
 from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Unit
 from park.types import Level
+from park.units import format_value, precision_for
 
 DEFAULT_INTERVAL = timedelta(seconds=60)
 TREND_HORIZON = timedelta(minutes=30)
@@ -20,6 +21,9 @@ TREND_WINDOW = timedelta(minutes=10)
 
 # GB/T 50493-2019: combustible first level <= 25 %LEL, second <= 50 %LEL.
 COMBUSTIBLE_LIMITS = (25.0, 50.0)
+# Voting on a hazard source with two or more gas detectors of one class when the site file sets no
+# vote_k: two of them at first level confirm a leak (CONTRACT §3).
+VOTE_K_DEFAULT = 2
 # Common practice for oxygen: deficiency below 19.5 %VOL, enrichment above 23.5 %VOL.
 OXYGEN_LIMITS = (19.5, 23.5)
 
@@ -81,10 +85,15 @@ class SensorSpec:
     trend_window: timedelta | None = None
     latching: bool = False
     in_service: bool = True
+    precision: int = 2  # decimals shown to people (park.units)
 
     @property
     def display_name(self) -> str:
         return self.name or self.tag
+
+    def show(self, value: float | None) -> str:
+        """``value`` as people read it: rounded to this sensor's precision, with its unit."""
+        return format_value(value, self.precision, self.unit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +221,7 @@ def _spec(
         trend_window=(s.trend.window if s.trend else TREND_WINDOW) if _trend_on(s) else None,
         latching=bool(s.latching),
         in_service=s.in_service,
+        precision=precision_for(s.kind, s.precision),
     )
 
 

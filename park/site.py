@@ -134,13 +134,18 @@ class Sensor(Strict):
     trend: TrendSettings | None = None
     latching: bool | None = None
     in_service: bool = True
+    # decimal places shown to people (board, SMS, WeCom); default per kind (park.units)
+    precision: int | None = Field(default=None, ge=0, le=6)
 
 
 class HazardSource(Strict):
     code: Code
     name: str
     grade: int = Field(ge=1, le=4)  # 重大危险源等级 1 (highest) – 4
-    vote_k: int | None = Field(default=None, ge=1)  # k-of-n gas detectors confirm a leak
+    # Voting (CONTRACT §3): k of the source's gas detectors of one class (combustible; toxic of one
+    # gas) at or above first level confirm a leak. Unset: 2-out-of-N wherever the source has two or
+    # more detectors of a class (park.model.VOTE_K_DEFAULT); 0 turns voting off for this source.
+    vote_k: int | None = Field(default=None, ge=0)
 
 
 ChannelName = Literal["sms", "wecom", "webhook"]
@@ -166,11 +171,19 @@ class WecomRobot(Strict):
     key: SecretStr
 
 
+class MapPoint(Strict):
+    """Where a unit sits on the park's site plan (一张图), in the plan's own units (``site.map``)."""
+
+    x: float = Field(ge=0)
+    y: float = Field(ge=0)
+
+
 class Unit(Strict):
     code: Code
     name: str = Field(min_length=1)
     contacts: list[Contact] = Field(default_factory=list)
     wecom_robot: WecomRobot | None = None
+    map: MapPoint | None = None  # optional position on the site plan; without it the board lays out a grid
 
 
 class EnterpriseState(enum.StrEnum):
@@ -302,6 +315,15 @@ class MqttSection(Strict):
 class HttpSection(Strict):
     addr: str | None = None
     public_url: str | None = None  # base of acknowledgement links in messages
+    # reverse proxies (addresses or networks) whose X-Forwarded-For / -Proto headers are believed;
+    # from anyone else those headers are ignored
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # /metrics, /openapi.json and /docs: open when neither is set (fine on loopback); with
+    # metrics_token they need "Authorization: Bearer <token>" (an API token also opens the docs),
+    # with ops_from only clients from those networks reach them without the token
+    metrics_token: SecretStr | None = None
+    ops_from: list[str] = Field(default_factory=list)
+    max_streams_per_token: int = Field(default=20, ge=1, le=1000)  # open live streams (boards) per API token
 
 
 class Retention(Strict):
@@ -327,6 +349,7 @@ class SeverityDefaults(BaseModel):
     power: Severity = Severity.ORANGE
     spark: Severity = Severity.RED
     fault_signal: Severity = Severity.YELLOW
+    clock: Severity = Severity.BLUE  # a gateway's clock off by more than clock_skew_max
 
 
 class AlarmManagement(BaseModel):
@@ -352,11 +375,31 @@ class AlarmManagement(BaseModel):
     power_stopped_fraction: float = Field(default=0.3, gt=0, le=1)  # of the usual load for that hour
     power_min_load_kw: float = Field(default=50.0, ge=0)  # below this a stopped plant is idle, not producing
     power_learning_weeks: int = Field(default=4, ge=1)
+    # Time (CONTRACT §8). A gateway clock further than this from hazardwatch's raises a blue alarm.
+    clock_skew_max: Duration = timedelta(minutes=2)
+    # An alarm raised from a reading that arrived later than this after its own time is marked
+    # backfilled (store-and-forward, 断点续传), with the delay, so people know it is late news.
+    backfill_after: Duration = timedelta(minutes=2)
+    # How often the rule stage saves what it has learned (trend samples, baselines, liveness).
+    snapshot_every: Duration = timedelta(minutes=1)
+
+
+ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class SitePlan(Strict):
+    """The site plan the board draws enterprises on (一张图): its size in the units of ``map: {x, y}``."""
+
+    width: float = Field(default=1000, gt=0)
+    height: float = Field(default=600, gt=0)
 
 
 class SiteInfo(Strict):
     name: str = Field(min_length=1)
     timezone: str = "Asia/Shanghai"
+    # duty-room shifts (交接班): the local times at which a shift starts, e.g. ["08:00", "20:00"]
+    shifts: list[ClockTime] = Field(default_factory=lambda: ["08:00", "20:00"], min_length=1, max_length=12)
+    map: SitePlan = Field(default_factory=SitePlan)
 
 
 class Site(Strict):
@@ -420,11 +463,35 @@ def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
             yield (*pl, "then"), "escalation steps must be listed in order of 'after'"
         if pol.repeat_every is not None and pol.repeat_every < timedelta(minutes=1):
             yield (*pl, "repeat_every"), "repeat_every under 1m would flood people; use 1m or more"
+    if len(set(site.site.shifts)) != len(site.site.shifts):
+        yield ("site", "shifts"), "a shift start time is listed twice; give each start once, e.g. ['08:00', '20:00']"
+    yield from _http_problems(site)
     missing = [s.value for s in Severity if s not in site.escalation]
     if missing:
         yield ("escalation",), (
             f"no policy for severity {', '.join(missing)}; give every one of red, orange, yellow, blue"
         )
+
+
+def _http_problems(site: Site) -> Iterator[tuple[Loc, str]]:
+    import ipaddress
+
+    for key in ("trusted_proxies", "ops_from"):
+        for i, net in enumerate(getattr(site.http, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                yield ("http", key, i), f"'{net}' is not an address or network; write e.g. 10.0.0.5 or 10.0.0.0/24"
+    seen: set[str] = set()
+    for d, t, e in site.walk():
+        for u in (d, t, e):
+            if u.code in seen:
+                continue
+            seen.add(u.code)
+            if u.map is not None and (u.map.x > site.site.map.width or u.map.y > site.site.map.height):
+                yield ("site", "map"), (f"{u.code} is placed at ({u.map.x:g}, {u.map.y:g}), outside the site plan "
+                                        f"({site.site.map.width:g} × {site.site.map.height:g}); "
+                                        "enlarge site.map or move it")
 
 
 def _contact_problems(site: Site, c: Contact, loc: Loc) -> Iterator[tuple[Loc, str]]:

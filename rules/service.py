@@ -24,17 +24,17 @@ from park.types import AlarmEvent, GatewayClock, GatewayStatus, ReadingBatch
 from rules.engine import RuleEngine
 from rules.lifecycle import Transition
 from rules.metrics import RulesMetrics
-from rules.store import load_open, persist
+from rules.store import load_open, load_state, message, persist, save_state
 
 log = logging.getLogger("hazardwatch.rules")
+# what ingest hands over: readings, gateway status, and (where ingest measures them) gateway clocks
+Inbox = asyncio.Queue[ReadingBatch | GatewayStatus] | asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock]
 TICK_MAX = 5.0  # seconds between ticks at the most
 
 
 class RulesService:
     def __init__(self, *, park: Park, pool: AsyncConnectionPool, clock: Clock,
-                 inbox: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock],
-                 outbox: asyncio.Queue[AlarmEvent] | None,
-                 registry: CollectorRegistry) -> None:
+                 inbox: Inbox, outbox: asyncio.Queue[AlarmEvent] | None, registry: CollectorRegistry) -> None:
         self.park = park
         self.pool = pool
         self.clock = clock
@@ -53,6 +53,7 @@ class RulesService:
             states = {r[0]: EnterpriseState(r[1]) for r in await cur.fetchall()}
         self.engine.ent_state.update({k: v for k, v in states.items() if k in self.engine.ent_state})
         self.engine.restore(alarms)
+        await self._restore_learned()
         self.metrics.open.set(len(self.engine.alarms))
         self.restored.set()
         return len(alarms)
@@ -60,6 +61,14 @@ class RulesService:
     async def run(self) -> None:
         n = await self.restore()
         log.info("rules running: %d sensors, %d open alarms restored", len(self.park.sensors), n)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._snapshot_loop(), name="rules-snapshot")
+                await self._judge_loop()
+        finally:
+            await self._final_snapshot()
+
+    async def _judge_loop(self) -> None:
         next_tick = time.monotonic()
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
@@ -71,10 +80,11 @@ class RulesService:
                 async with self._lock:
                     t0 = time.perf_counter()
                     if isinstance(item, ReadingBatch):
-                        out = self.engine.on_batch(item)
+                        out = self.engine.on_batch(item, self.clock.now())
                         self.metrics.readings.inc(len(item))
                     elif isinstance(item, GatewayClock):
-                        out = []  # ingest's clock measurement: the clock-offset rule is not here yet
+                        out = self.engine.on_clock(item)
+                        self.metrics.clock_offset.labels(item.enterprise).set(item.offset_s)
                     else:
                         # a status message carries no time of its own: judge it on this stage's clock,
                         # like every other time-based rule
@@ -85,6 +95,46 @@ class RulesService:
                 await self.tick()
                 wake = self.engine.next_wakeup(self.clock.now())
                 next_tick = time.monotonic() + min(TICK_MAX, max(0.05, (wake - self.clock.now()).total_seconds()))
+
+    # --- learned state: snapshots at a steady cadence and on shutdown ---------------------------
+    async def _restore_learned(self) -> None:
+        try:
+            async with self.pool.connection(timeout=10) as conn:
+                blobs = await load_state(conn)
+        except Exception as e:  # learned state is a head start, never a reason not to judge
+            log.warning("could not load the rule stage's learned state (%s); starting without it", e)
+            return
+        parts = self.engine.restore_snapshot(blobs)
+        if parts:
+            log.info("learned state restored: %s", ", ".join(parts))
+
+    async def snapshot(self) -> bool:
+        """Save the learned state now; False (and a retry at the next cadence) if the database is away."""
+        async with self._lock:
+            blobs = self.engine.snapshot()  # fast: arrays to bytes; judging waits only for this
+        try:
+            async with self.pool.connection(timeout=5) as conn, conn.transaction():
+                await save_state(conn, blobs, self.clock.now())
+        except Exception as e:
+            self.metrics.snapshots.labels("failed").inc()
+            log.warning("saving the rule stage's learned state failed (%s); retrying at the next cadence", e)
+            return False
+        self.metrics.snapshots.labels("saved").inc()
+        self.metrics.snapshot_bytes.set(sum(len(b) for b in blobs.values()))
+        return True
+
+    async def _snapshot_loop(self) -> None:
+        every = self.park.site.alarm_management.snapshot_every.total_seconds()
+        while True:
+            await asyncio.sleep(every)
+            await self.snapshot()
+
+    async def _final_snapshot(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self.snapshot()
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("no learned-state snapshot at shutdown: the database did not answer in time")
 
     async def tick(self) -> None:
         async with self._lock:
@@ -143,9 +193,10 @@ class RulesService:
 
 
 def to_event(t: Transition) -> AlarmEvent:
+    """The event as alerting gets it: the alarm as it was at this transition, its sentence rendered."""
     a = t.alarm
     return AlarmEvent(
-        alarm_id=a.alarm_id or 0, kind=t.kind, ts=t.ts, enterprise=a.enterprise, rule=a.rule, severity=a.severity,
-        sensor_id=a.sensor_id, tag=a.tag, value=a.value, limit=a.limit, message=a.message, by=t.by,
-        flood=a.flood, detail=dict(a.detail) | dict(t.detail) | {"state": a.state},
+        alarm_id=a.alarm_id or 0, kind=t.kind, ts=t.ts, enterprise=a.enterprise, rule=a.rule, severity=t.severity,
+        sensor_id=a.sensor_id, tag=a.tag, value=t.value, limit=t.limit, message=message(t), by=t.by,
+        flood=a.flood, detail=dict(t.facts) | dict(t.detail) | {"state": t.state}, noticed_at=t.noticed_at,
     )

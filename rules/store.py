@@ -1,4 +1,9 @@
-"""Alarms in the database: every transition an ``alarm_events`` row, the ``alarms`` row kept current.
+"""Alarms in the database: every transition an ``alarm_events`` row, the ``alarms`` row kept current;
+and the rule stage's learned state (``rules_state``).
+
+Each ``alarm_events`` row is written from the transition's own frozen copy of the alarm (severity,
+state, value, limit, facts at that event), so when a raise and an upgrade land together the raise
+row says what was raised. Messages are rendered here, at the edge, by park.wording.
 
 In the same transaction as any change, ``NOTIFY hazardwatch_alarms, '<id>'`` tells listeners
 (the duty-room board) to refresh that alarm.
@@ -8,12 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 
 from park.types import AlarmEventKind as K
 from park.types import Severity
+from park.wording import alarm_text
 from rules.lifecycle import ACTIVE_ACKED, ACTIVE_UNACKED, Alarm, Transition
 
 NOTIFY_CHANNEL = "hazardwatch_alarms"
@@ -23,6 +30,11 @@ def _json(d: dict[str, Any]) -> str:
     return json.dumps(d, ensure_ascii=False, default=str)
 
 
+def message(t: Transition) -> str:
+    """The sentence for this event, from its own facts, value and limit."""
+    return alarm_text(t.alarm.rule, t.facts, t.value, t.limit)
+
+
 async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any) -> None:
     """Write ``transitions`` (in order) inside the caller's transaction; ``bind(alarm, id)`` names new rows."""
     touched: set[int] = set()
@@ -30,22 +42,24 @@ async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind
         a = t.alarm
         if a.rule == "flood":
             continue  # park/enterprise flood marks are not alarms of their own
+        text = message(t)
         if a.alarm_id is None:
             cur = await conn.execute(
                 "INSERT INTO alarms (dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"
-                " value, limit_value, message, detail, flood)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (a.key, a.sensor_id, a.enterprise, a.tag, a.rule, a.severity.value, a.state, a.raised_at, a.value,
-                 a.limit, a.message, _json(a.detail), a.flood),
+                " value, limit_value, message, detail, flood, noticed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (a.key, a.sensor_id, a.enterprise, a.tag, a.rule, t.severity.value, t.state, a.raised_at, t.value,
+                 t.limit, text, _json(t.facts), a.flood, a.noticed_at or t.noticed_at),
             )
             row = await cur.fetchone()
             assert row is not None
             bind(a, int(row[0]))
         assert a.alarm_id is not None
+        # the alarms row shows the alarm as it is now; the event row as it was at the event
         sets = ["state = %s", "severity = %s", "value = %s", "limit_value = %s", "message = %s",
                 "suppressed = %s", "flood = %s", "detail = %s", "updated_at = %s"]
-        args: list[Any] = [a.state, a.severity.value, a.value, a.limit, a.message, a.suppressed, a.flood,
-                           _json(a.detail), t.ts]
+        args: list[Any] = [a.state, a.severity.value, a.value, a.limit, alarm_text(a.rule, a.detail, a.value, a.limit),
+                           a.suppressed, a.flood, _json(a.detail), t.ts]
         if t.kind is K.ACKED:
             sets += ["acked_at = %s", "acked_by = %s", "ack_note = %s"]
             args += [t.ts, t.by, t.detail.get("note")]
@@ -61,10 +75,10 @@ async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind
             args += [a.shelved_until, t.by if t.kind is K.SHELVED else None, t.detail.get("reason")]
         await conn.execute(f"UPDATE alarms SET {', '.join(sets)} WHERE id = %s", (*args, a.alarm_id))
         await conn.execute(
-            "INSERT INTO alarm_events (ts, alarm_id, kind, severity, value, limit_value, by, message, detail)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (t.ts, a.alarm_id, t.kind.value, a.severity.value, a.value, a.limit, t.by, a.message,
-             _json(t.detail)),
+            "INSERT INTO alarm_events (ts, alarm_id, kind, severity, value, limit_value, by, message, detail, state,"
+            " noticed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (t.ts, a.alarm_id, t.kind.value, t.severity.value, t.value, t.limit, t.by, text,
+             _json(t.facts | t.detail), t.state, t.noticed_at),
         )
         touched.add(a.alarm_id)
     for alarm_id in touched:
@@ -75,16 +89,32 @@ async def load_open(conn: AsyncConnection) -> list[Alarm]:
     """Every open alarm, as the core keeps it (for a restart)."""
     cur = await conn.execute(
         "SELECT id, dedup_key, rule, enterprise_code, severity, raised_at, sensor_id, tag, value, limit_value,"
-        " message, state, acked_by, shelved_until, suppressed, flood, detail, cleared_at"
+        " state, acked_by, shelved_until, suppressed, flood, detail, noticed_at"
         " FROM alarms WHERE state <> 'closed' ORDER BY id"
     )
     out = []
     for r in await cur.fetchall():
-        detail = r[16] or {}
+        detail = r[15] or {}
         out.append(Alarm(
             key=r[1], rule=r[2], enterprise=r[3], severity=Severity(r[4]), raised_at=r[5], sensor_id=r[6],
-            tag=r[7], value=r[8], limit=r[9], message=r[10], state=r[11],
-            condition=r[11] in (ACTIVE_UNACKED, ACTIVE_ACKED), latching=bool(detail.get("latching", False)),
-            acked_by=r[12], shelved_until=r[13], suppressed=r[14], flood=r[15], alarm_id=r[0], detail=detail,
+            tag=r[7], value=r[8], limit=r[9], state=r[10],
+            condition=r[10] in (ACTIVE_UNACKED, ACTIVE_ACKED), latching=bool(detail.get("latching", False)),
+            acked_by=r[11], shelved_until=r[12], suppressed=r[13], flood=r[14], alarm_id=r[0], detail=detail,
+            noticed_at=r[16],
         ))
     return out
+
+
+async def save_state(conn: AsyncConnection, blobs: dict[str, bytes], now: datetime) -> None:
+    """Keep the rule stage's learned state (one row per part, replaced)."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO rules_state (name, saved_at, data) VALUES (%s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET saved_at = excluded.saved_at, data = excluded.data",
+            [(name, now, blob) for name, blob in blobs.items()],
+        )
+
+
+async def load_state(conn: AsyncConnection) -> dict[str, bytes]:
+    cur = await conn.execute("SELECT name, data FROM rules_state")
+    return {r[0]: bytes(r[1]) for r in await cur.fetchall()}

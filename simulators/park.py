@@ -175,7 +175,10 @@ class ParkModel:
         ent = rng.choice(ents) if ents else rng.choice(list(self.park.enterprises))
         dur = timedelta(minutes=20)
         p: dict[str, float] = {}
-        if scenario == "slow_leak":  # two neighbouring detectors see it, the second a little later
+        if scenario == "gas_release":  # sudden release: two detectors past first level in a minute (the demo's opener)
+            inc = Incident(scenario, ent, ("AT-201", "AT-202"), ("high", "vote"), t, t + timedelta(minutes=5),
+                           hh_at=t + timedelta(minutes=1))
+        elif scenario == "slow_leak":  # two neighbouring detectors see it, the second a little later
             inc = Incident(scenario, ent, ("AT-201", "AT-202"), ("trend", "high", "vote"), t, t + dur,
                            hh_at=t + timedelta(minutes=12.5))
         elif scenario == "tank_overfill":
@@ -222,7 +225,10 @@ class ParkModel:
             if inc.enterprise != s.enterprise or t < inc.start:
                 continue
             m = (t - inc.start).total_seconds() / 60  # minutes into the incident
-            if inc.scenario == "slow_leak" and s.tag in inc.tags:
+            if inc.scenario == "gas_release" and s.tag in inc.tags and m < 4:
+                lag = 0.0 if s.tag == inc.tags[0] else 0.15
+                v = max(v, 0.0 if m < lag else min(55.0, 32 + 20 * (m - lag)))  # first level at once, HH ~1 min
+            elif inc.scenario == "slow_leak" and s.tag in inc.tags:
                 lag = 0 if s.tag == inc.tags[0] else 1.5
                 v = max(v, 4 * max(0.0, m - lag))  # %LEL rising 4 per minute: HH (50) at ~12.5 min
             elif inc.scenario == "tank_overfill" and s.tag in inc.tags:

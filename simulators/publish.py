@@ -75,6 +75,7 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
                    speed: float = 1.0, duration: timedelta | None = None, tick: timedelta = timedelta(seconds=10),
                    scenario_every: timedelta = timedelta(minutes=5), scenarios: tuple[str, ...] = SCENARIOS,
                    on_incident: Callable[[Incident], None] | None = None,
+                   first_scenario_after: timedelta | None = None,
                    progress: Callable[[datetime, int], None] | None = None) -> list[Incident]:
     """Publish the park from ``start`` at ``speed`` × real time; never ahead of the real clock."""
     rng = random.Random(seed)
@@ -85,7 +86,7 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
     for s in park.sensors:
         by_ent.setdefault(s.enterprise, []).append(s)
     gw = await asyncio.to_thread(Gateways, url, prefix, list(by_ent))
-    next_scenario = t + scenario_every / 2
+    next_scenario = t + (scenario_every / 2 if first_scenario_after is None else first_scenario_after)
     k = 0
     sent = 0
     try:

@@ -137,7 +137,8 @@ def offline_run(park: Park, hours: float = 24.0, seed: int = 7, tick: timedelta 
         ok = np.array([v is not None for v in vals])
         v = np.array([x if x is not None else np.nan for x in vals])
         n = int(ok.sum())
-        keep(engine.on_batch(ReadingBatch(ids[ok], np.full(n, epoch_us(t), np.int64), v[ok], np.zeros(n, np.int8))))
+        keep(engine.on_batch(ReadingBatch(ids[ok], np.full(n, epoch_us(t), np.int64), v[ok], np.zeros(n, np.int8),
+                                          received_us=epoch_us(t)), t))
         keep(engine.on_tick(t))
         # the duty room acknowledges what it has seen a few minutes later, as operators do
         for a in list(engine.alarms.values()):

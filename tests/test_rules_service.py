@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from park.clock import FakeClock
@@ -132,5 +133,126 @@ def test_commands_persist_and_notify(db_url: str) -> None:
         kinds = [k for (k,) in await rows(db_url, "SELECT kind FROM alarm_events ORDER BY ts, kind")]
         assert sorted(kinds) == sorted(["raised", "shelved", "acked", "resolved"])
         assert await rows(db_url, "SELECT state, state_by FROM units WHERE code = 'E1'") == [("maintenance", "值班长")]
+
+    asyncio.run(go())
+
+
+def _batch(rows: list[tuple[int, float, float]], arrive: float) -> ReadingBatch:
+    """Rows of (sensor id, seconds from T0, value) arriving at T0 + ``arrive`` s."""
+    b = ReadingBatch.from_rows([(sid, T0 + timedelta(seconds=s), v, 0) for sid, s, v in rows])
+    return ReadingBatch(b.sensor_id, b.ts_us, b.value, b.quality, received_us=int((T0.timestamp() + arrive) * 1e6))
+
+
+async def _drained(rules: RulesService, inbox: Inbox) -> None:
+    """Until the stage has taken and judged everything put in its inbox."""
+    for _ in range(500):
+        if inbox.empty():
+            # the item taken last is judged and stored once the lock is free (generous deadline: a
+            # store retrying against a busy shared server says so instead of hanging)
+            await asyncio.wait_for(rules._lock.acquire(), 60)
+            rules._lock.release()
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the rule stage did not drain its inbox")
+
+
+def test_each_event_row_records_its_own_moment_and_the_alarm_when_it_was_noticed(db_url: str) -> None:
+    clock = FakeClock(T0 + timedelta(hours=1))
+
+    async def go() -> None:
+        inbox: Inbox = asyncio.Queue()
+        outbox: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        async with rules_running(db_url, clock, inbox, outbox) as rules:
+            g1 = rules.park.by_key[("E1", "G1")].id
+            # a raise at 39.2 %LEL and an upgrade at 54.6 in one batch, an hour late
+            await inbox.put(_batch([(g1, 0, 39.2), (g1, 5, 54.6)], arrive=3600))
+            await next_event(outbox, AlarmEventKind.UPGRADED)
+        rows_ = await rows(db_url, "SELECT kind, severity, value, limit_value, state, message, ts, noticed_at"
+                                   " FROM alarm_events ORDER BY ts")
+        assert [r[:5] for r in rows_] == [("raised", "yellow", 39.2, 25, "active_unacked"),
+                                          ("upgraded", "orange", 54.6, 50, "active_unacked")]
+        assert rows_[0][5] == "G1 一级报警：39.2 %LEL，限值 25 %LEL（补传数据，迟到 1 小时）"
+        assert [(r[6], r[7]) for r in rows_] == [(T0, clock.now()), (T0 + timedelta(seconds=5), clock.now())]
+        [(raised_at, noticed_at, detail)] = await rows(db_url, "SELECT raised_at, noticed_at, detail FROM alarms")
+        assert (raised_at, noticed_at, detail["backfilled"], detail["delay_s"]) == (T0, clock.now(), True, 3600)
+
+    asyncio.run(go())
+
+
+def test_a_restart_mid_ramp_resumes_the_early_warning_from_the_saved_state(db_url: str) -> None:
+    from tests.rules_helpers import Driver
+    from tests.test_rules_time import PT_RAMP, first_trend
+
+    whole = Driver()
+    for s, tag, v in PT_RAMP:
+        whole.many([(s, tag, v)])
+    half = [r for r in PT_RAMP if r[0] < 930]
+    clock = FakeClock(T0)
+
+    async def go() -> AlarmEvent:
+        inbox: Inbox = asyncio.Queue()
+        outbox: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        async with rules_running(db_url, clock, inbox, outbox) as rules:
+            pt = rules.park.by_key[("E1", "PT")].id
+            for s, _tag, v in half:
+                clock.set(T0 + timedelta(seconds=s))
+                await inbox.put(_batch([(pt, s, v)], arrive=s))
+            await _drained(rules, inbox)
+        # stopped: the learned state was saved on the way out
+        [(saved,)] = await rows(db_url, "SELECT count(*) FROM rules_state WHERE name = 'trend'")
+        assert saved == 1
+        async with rules_running(db_url, clock, inbox, outbox) as rules2:
+            for s, _tag, v in PT_RAMP[len(half):]:
+                clock.set(T0 + timedelta(seconds=s))
+                await inbox.put(_batch([(pt, s, v)], arrive=s))
+            await _drained(rules2, inbox)
+        while True:
+            ev = outbox.get_nowait()
+            if ev.kind is AlarmEventKind.RAISED and ev.rule == "trend":
+                return ev
+
+    ev = asyncio.run(go())
+    assert (ev.ts - T0).total_seconds() == first_trend(whole)
+
+
+def test_a_snapshot_the_database_refuses_never_blocks_judging(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rules.service as service_module
+
+    clock = FakeClock(T0)
+
+    async def refuse(*_a: object, **_k: object) -> None:
+        raise psycopg.OperationalError("the database is away")  # injected fault
+
+    async def go() -> None:
+        inbox: Inbox = asyncio.Queue()
+        outbox: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        async with rules_running(db_url, clock, inbox, outbox) as rules:
+            monkeypatch.setattr(service_module, "save_state", refuse)
+            assert await rules.snapshot() is False
+            lt = rules.park.by_key[("E1", "LT")].id
+            await inbox.put(_batch([(lt, 0, 9.5)], arrive=0))
+            raised = await next_event(outbox, AlarmEventKind.RAISED)
+            assert raised.tag == "LT"
+            monkeypatch.undo()
+            assert await rules.snapshot() is True  # the next cadence saves it
+
+    asyncio.run(go())
+
+
+def test_a_gateway_clock_from_ingest_is_kept_measured_and_alarmed(db_url: str) -> None:
+    from park.types import GatewayClock
+
+    clock = FakeClock(T0)
+
+    async def go() -> None:
+        inbox: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = asyncio.Queue()
+        outbox: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        async with rules_running(db_url, clock, inbox, outbox) as rules:  # type: ignore[arg-type]
+            await inbox.put(GatewayClock("E2", -600.0, T0))
+            ev = await next_event(outbox, AlarmEventKind.RAISED)
+            assert (ev.rule, ev.severity.value, ev.enterprise) == ("clock", "blue", "E2")
+            assert rules.engine.gateway_clocks["E2"][0] == -600.0
+            assert rules.metrics.clock_offset.labels("E2")._value.get() == -600.0
+            assert ev.message == "二号化工 数据网关时钟慢 10 分钟（允许 ±2 分钟），请校准网关时间"
 
     asyncio.run(go())

@@ -12,7 +12,7 @@ import importlib
 BENCHES = {
     "ingest": ("hazardwatch.benchmarks.ingest", "readings stored per second by the whole service vs bare COPY "
                                                 "and a bare paho drain"),
-    "rules": ("rules.bench", "readings judged per second by the rule core, memory per sensor"),
+    "rules": ("hazardwatch.benchmarks.rules", "readings judged per second by the rule core, memory per sensor"),
     "latency": ("hazardwatch.benchmarks.latency", "reading-to-first-notification latency under load"),
     "all": ("hazardwatch.benchmarks.all", "every benchmark, one table (the README's figures)"),
 }

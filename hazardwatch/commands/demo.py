@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from park.settings import EnvSettings, load_settings
 from park.sitefile import load_site
 
 log = logging.getLogger("hazardwatch.demo")
+FIRST_INCIDENT = timedelta(seconds=10)  # the whole cycle on the board within the first minute
 
 
 def default_data_dir() -> Path:
@@ -61,6 +63,9 @@ def _free(port: int) -> int:
 async def embedded_broker(port: int) -> AsyncIterator[str]:
     from amqtt.broker import Broker
 
+    # amqtt warns at start about plugin settings the demo does not use; they read like errors
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+
     broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
                      "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
                      "topic-check": {"enabled": False}})
@@ -71,11 +76,41 @@ async def embedded_broker(port: int) -> AsyncIterator[str]:
         await broker.shutdown()
 
 
+def prune_stale_handles(folder: Path) -> list[int]:
+    """Forget processes that held the embedded PostgreSQL and died without letting go (``kill -9``).
+
+    pgserver stops the server when the last process in ``.handle_pids.json`` leaves; a dead pid
+    left there would keep every later clean stop from stopping it. Returns the pids removed.
+    """
+    import psutil
+
+    handles = folder / ".handle_pids.json"
+    try:
+        pids = [int(p) for p in json.loads(handles.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+    alive: list[int] = []
+    gone: list[int] = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            cmd = " ".join([proc.name(), *proc.cmdline()]).lower()
+            ok = proc.status() != psutil.STATUS_ZOMBIE and ("python" in cmd or "hazardwatch" in cmd)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            ok = False
+        (alive if ok and pid != os.getpid() else gone).append(pid)
+    if gone:
+        handles.write_text(json.dumps(alive))
+        log.info("embedded PostgreSQL: forgot %d stale handle(s) of processes gone: %s", len(gone), gone)
+    return gone
+
+
 @contextlib.contextmanager
 def embedded_postgres(folder: Path) -> Iterator[str]:
     import pgserver
 
     folder.mkdir(parents=True, exist_ok=True)
+    prune_stale_handles(folder)
     server = pgserver.get_server(str(folder), cleanup_mode="stop")
     try:
         yield server.get_uri()
@@ -107,6 +142,7 @@ async def demo(args: argparse.Namespace, site_path: Path) -> None:
     warnings.filterwarnings("ignore", module="platformdirs")
     from hazardwatch.api.auth import create_token
     from hazardwatch.service import ServiceHandle, run_service
+    from simulators.park import SCENARIOS
     from simulators.publish import simulate
 
     data: Path = args.data_dir
@@ -143,11 +179,13 @@ async def demo(args: argparse.Namespace, site_path: Path) -> None:
   MQTT (gateways)   {mqtt_url}   topics {settings.mqtt_prefix}/{{enterprise}}/data
   database          {settings.safe_dict()['database']}   (Grafana: hazardwatch dashboards export)
   site file         {site_path}
-  an incident starts every {args.scenario_every}; notifications print below. Ctrl-C stops.
+  a gas release (red) starts in {FIRST_INCIDENT.seconds} s, then an incident every {args.scenario_every};
+  notifications print below. Ctrl-C stops.
 """, flush=True)
             every = parse_duration(args.scenario_every)
             tg.create_task(simulate(h.park, mqtt_url, settings.mqtt_prefix, seed=args.seed,
-                                    scenario_every=every if every > timedelta(0) else timedelta(minutes=3)),
+                                    scenario_every=every if every > timedelta(0) else timedelta(minutes=3),
+                                    scenarios=("gas_release", *SCENARIOS), first_scenario_after=FIRST_INCIDENT),
                            name="simulator")
 
 

@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from hazardwatch.api.auth import create_token
+from hazardwatch.api.auth import create_token, revoke_token
 from park.db.migrate import migrate
 from park.errors import HazardwatchError
 from park.model import Park
@@ -65,10 +65,9 @@ async def _act(url: str, park: Park, args: argparse.Namespace, action: str) -> i
                 state = "revoked" if r[4] else "active"
                 print(f"{r[0]:>5}  {r[1]:<12} {state:<8} {r[2]}  created {r[3]:%Y-%m-%d}")
         else:
-            cur = await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
-                                     (args.id,))
+            done = await revoke_token(conn, args.id)  # running services close its live streams within seconds
             await conn.commit()
-            if cur.rowcount == 0:
+            if not done:
                 print(f"✗ no active token {args.id}", file=sys.stderr)
                 return 1
             print(f"✓ token {args.id} revoked")

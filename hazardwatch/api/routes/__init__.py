@@ -1,0 +1,1 @@
+"""The API's routers, one per resource; ``hazardwatch.api.app.create_app`` composes them."""
