@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -95,8 +94,8 @@ def one_size(n: int, mqtt_url: str, admin: str, readings: int, triggers: int) ->
                 tx = "".join(f"              - {{tag: TX-{j:04d}, kind: gas_toxic, gas: H2S, unit: mg/m3}}\n"
                              for j in range((triggers + CONTACTS - 1) // CONTACTS))
                 contact = f"            contacts: [{{name: 安全员, phone: '1390000000{e}', channels: [sms]}}]\n"
-                text = re.sub(rf"(            name: 负载企业{e}\n)(            sensors:\n)",
-                              lambda m, c=contact, t=tx: m.group(1) + c + m.group(2) + t, text, count=1)
+                name, sensors = f"            name: 负载企业{e}\n", "            sensors:\n"
+                text = text.replace(name + sensors, name + contact + sensors + tx, 1)
             cfg = Path(d) / "site.yaml"
             cfg.write_text(text, encoding="utf-8")
             env = dict(os.environ, HAZARDWATCH_DATABASE_URL=db, HAZARDWATCH_MQTT_URL=mqtt_url,
