@@ -62,7 +62,12 @@ class _Work:
 
 
 class IngestService:
-    """Runs until cancelled; ``connected`` tells readiness (broker session up and subscribed)."""
+    """Runs until cancelled; ``connected`` tells readiness (broker session up and subscribed).
+
+    ``pool`` is the service's shared pool; the writers use connections of their own (at most
+    ``writers``, from ``settings.database_url``), driven from worker threads. ``health``, when given,
+    hears ``ingest.broker`` and ``ingest.database`` go degraded and recover.
+    """
 
     def __init__(
         self,
