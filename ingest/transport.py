@@ -34,6 +34,7 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -92,19 +93,40 @@ def backoff(failures: int) -> float:
     return min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
 
 
+class _Attempt:
+    """One connection attempt in a worker thread; abandoned (the stage cancelled meanwhile), whatever
+    socket it makes is closed, whichever side comes second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._abandoned = False
+
+    def run(self, target: MqttTarget) -> socket.socket:
+        sock = open_socket(target)
+        with self._lock:
+            if self._abandoned:
+                sock.close()
+                raise ConnectionAbortedError("connection attempt abandoned")
+            self._sock = sock
+        return sock
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
 async def _in_thread(target: MqttTarget) -> socket.socket:
     """:func:`open_socket` in a worker thread; cancelled meanwhile, the socket it makes is closed."""
-    fut = asyncio.ensure_future(asyncio.to_thread(open_socket, target))
+    attempt = _Attempt()
     try:
-        return await asyncio.shield(fut)
+        return await asyncio.to_thread(attempt.run, target)
     except asyncio.CancelledError:
-        fut.add_done_callback(_close_made_socket)
+        attempt.abandon()
         raise
-
-
-def _close_made_socket(fut: asyncio.Future[socket.socket]) -> None:
-    if not fut.cancelled() and fut.exception() is None:
-        fut.result().close()
 
 
 class _Client(mqtt.Client):
@@ -400,8 +422,11 @@ class MqttTransport:
                 self._close()
                 break
             client.loop_misc()  # keepalive pings, and noticing a dead broker
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+            # as the wait ends, and the stage would never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._closed.wait()
 
     def _close_soon(self) -> None:
         assert self._loop is not None

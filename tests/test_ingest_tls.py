@@ -183,8 +183,9 @@ def test_refused_connack_keeps_backing_off(tls_broker: TlsBroker) -> None:
 
     asyncio.run(go())
     assert len(waits) >= 6, waits
-    assert all(b >= a for a, b in itertools.pairwise(waits)), waits
-    assert waits[5] >= 8 * waits[0], waits
+    first = waits[:6]  # below the cap (30 s), where jitter could make two capped waits go down
+    assert all(b >= a for a, b in itertools.pairwise(first)), waits
+    assert first[5] >= 8 * first[0], waits
 
 
 def test_a_stalled_handshake_does_not_freeze_the_event_loop(tmp_path: Path) -> None:
