@@ -210,9 +210,7 @@ async def service_drain(url: str, admin: str, spec: LoadSpec, writers: int | Non
             cpu = time.process_time() - cpu0
             stored = int(value("hazardwatch_ingest_readings_stored_total"))
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
         await asyncio.to_thread(_end_session, url, cid)
     return Figure("hazardwatch (whole service)", spec.messages, stored, secs, cpu)
 
@@ -221,6 +219,16 @@ async def service_drain(url: str, admin: str, spec: LoadSpec, writers: int | Non
 class Results:
     batches: dict[str, tuple[Figure, Figure, str]] = field(default_factory=dict)  # server: (copy, service, kind)
     single: tuple[Figure, Figure] | None = None  # (bare drain, service)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel until it is done: on Python 3.11 ``asyncio.wait_for`` (in the rule and alerting loops)
+    can swallow a cancellation that arrives as its wait ends, and one cancel may then not stop it."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
 
 
 def run(a: argparse.Namespace) -> Results:
