@@ -214,7 +214,12 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # a stage that did not stop on SIGTERM: say so, then end it
+                print("✗ the service did not stop within 30 s of SIGTERM; killed", flush=True)
+                proc.kill()
+                proc.wait(30)
         sms.close()
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -75,7 +75,12 @@ class Service:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(60)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            print("✗ the service did not stop within 60 s of SIGTERM; killed", flush=True)
+            self.proc.kill()
+            self.proc.wait(30)
 
 
 def one_size(n: int, mqtt_url: str, admin: str, readings: int, triggers: int) -> dict[str, float]:
