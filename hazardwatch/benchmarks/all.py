@@ -32,7 +32,7 @@ def rules_rows(argv: list[str]) -> list[tuple[str, str, str, bool]]:
     rows = []
     for line in text.splitlines():
         if line.startswith("rule core:"):
-            rows.append(("rule core (all default rules)", line.split(":", 1)[1].split(",")[0].strip(),
+            rows.append(("rule core (all default rules)", line.split(":", 1)[1].split(" over ")[0].strip(),
                          "≥ 1,000,000 readings/s", "✗" not in line and _next_ok(text, line)))
         elif line.startswith("engine state:"):
             rows.append(("rule core memory", line.split("=", 1)[1].split("(")[0].strip(), "≤ 300 bytes per sensor",
