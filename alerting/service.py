@@ -165,7 +165,8 @@ class AlertingService:
                 continue
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL)
+                async with asyncio.timeout(POLL):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -49,7 +49,7 @@ from park.model import Park
 from park.proc import trim_memory
 from park.settings import Settings
 from park.site import Site
-from park.types import AlarmEvent, GatewayStatus, ReadingBatch
+from park.types import AlarmEvent, GatewayClock, GatewayStatus, ReadingBatch
 from rules import service as rules_service
 from rules.service import RulesService
 
@@ -239,7 +239,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
             log.warning("the local journal holds %d entries from before the last stop: writing them now",
                         len(journal))
             await flusher.flush()  # before the stages restore from the database
-        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus] = asyncio.Queue(maxsize=READINGS_QUEUE)
+        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = asyncio.Queue(maxsize=READINGS_QUEUE)
         alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
         ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry)
         rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,

@@ -3,27 +3,38 @@
 Every message is decoded into a shared :class:`Decoded` accumulator: good readings into flat
 columns, rejections with their reason, gateway status changes. One bad point of a batch rejects
 only that point.
+
+Cheap checks first: the size of a message is checked before anything else looks at it, so an
+oversize payload is never parsed and never kept whole, whatever its topic. A rejected message is
+kept as its first :data:`KEEP_BYTES` bytes and its length. Reading times are checked against the
+receive time: more than 5 minutes ahead, or older than the backfill bound (default 7 days), is
+refused with the reason — nothing downstream ever sees a reading "from 1970".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
+from ingest.clock import ClockEstimator
 from ingest.errors import RejectReason as R
 from park.model import Park
+from park.settings import DEFAULT_BACKFILL
 from park.types import GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 
 FUTURE_LIMIT_US = 5 * 60 * 1_000_000  # CONTRACT §1: more than 5 minutes ahead is rejected
 DEFAULT_MAX_PAYLOAD = 256 * 1024
+KEEP_BYTES = 1024  # of a rejected payload, for inspection
+MAX_SEQ_GAP = 1_000_000  # one message counts at most this many missing batches (a counter reset is no gap)
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _BATCH_KEYS = frozenset(("ts", "seq", "points"))
 _POINT_KEYS = frozenset(("tag", "value", "ts", "q"))
 _SINGLE_KEYS = frozenset(("value", "ts", "q"))
+_NUMBERS = frozenset((float, int, bool))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +42,8 @@ class Reject:
     reason: R
     topic: str
     detail: str
-    payload: bytes | None  # the whole message for message-level rejects; None for one point
+    payload: bytes | None  # at most KEEP_BYTES of the message for message-level rejects; None for one point
+    size: int = 0  # the whole message's length in bytes
 
 
 @dataclass(slots=True)
@@ -50,6 +62,11 @@ class Decoded:
     def __len__(self) -> int:
         return len(self.sensor_id)
 
+    def reject(self, reason: R, topic: str, detail: str, payload: bytes | None) -> None:
+        size = len(payload) if payload is not None else 0
+        kept = payload[:KEEP_BYTES] if payload is not None and size > KEEP_BYTES else payload
+        self.rejects.append(Reject(reason, topic[:512], detail[:500], kept, size))
+
     def batch(self) -> ReadingBatch:
         return ReadingBatch(
             sensor_id=np.fromiter(self.sensor_id, np.int32, len(self.sensor_id)),
@@ -63,9 +80,12 @@ class Decoded:
 class Decoder:
     """Decodes messages under ``prefix`` for the sensors of ``park``."""
 
-    def __init__(self, park: Park, prefix: str = "hw/v1", max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, park: Park, prefix: str = "hw/v1", max_payload: int = DEFAULT_MAX_PAYLOAD,
+                 backfill: timedelta = DEFAULT_BACKFILL) -> None:
         self.prefix = prefix.strip("/") + "/"
         self.max_payload = max_payload
+        self.backfill_us = int(backfill.total_seconds() * 1_000_000)
+        self.clocks = ClockEstimator()
         self.tags: dict[str, dict[str, int]] = {}
         for s in park.sensors:
             self.tags.setdefault(s.enterprise, {})[s.tag] = s.id
@@ -80,11 +100,14 @@ class Decoder:
         try:
             self._decode(out, topic, payload, received_us)
         except Exception as e:  # a decoder bug must not stop the stream: keep the message, say why
-            out.rejects.append(Reject(R.BAD_PAYLOAD, topic, f"decoder error: {type(e).__name__}: {e}", payload))
+            out.reject(R.BAD_PAYLOAD, topic, f"decoder error: {type(e).__name__}: {str(e)[:200]}", payload)
 
     def _decode(self, out: Decoded, topic: str, payload: bytes, received_us: int) -> None:
+        # size first: nothing below parses or keeps more than max_payload bytes of anybody's message
+        if len(payload) > self.max_payload:
+            return out.reject(R.OVERSIZE, topic, f"{len(payload)} bytes > {self.max_payload}", payload)
         if not topic.startswith(self.prefix):
-            return out.rejects.append(Reject(R.BAD_TOPIC, topic, f"topic outside {self.prefix}#", payload))
+            return out.reject(R.BAD_TOPIC, topic, f"topic outside {self.prefix}#", payload)
         parts = topic[len(self.prefix):].split("/")
         ent = parts[0]
         n = len(parts)
@@ -95,58 +118,62 @@ class Decoder:
         elif n == 2 and parts[1] == "status":
             kind = "status"
         else:
-            return out.rejects.append(Reject(
-                R.BAD_TOPIC, topic, "use {prefix}/{enterprise}/data, …/point/{tag} or …/status", payload))
+            return out.reject(R.BAD_TOPIC, topic, "use {prefix}/{enterprise}/data, …/point/{tag} or …/status",
+                              payload)
         tags = self.tags.get(ent)
         if tags is None:
-            return out.rejects.append(Reject(R.UNKNOWN_ENTERPRISE, topic, f"enterprise {ent!r} is not in the site file",
-                                             payload))
-        if len(payload) > self.max_payload:
-            return out.rejects.append(Reject(
-                R.OVERSIZE, topic, f"{len(payload)} bytes > {self.max_payload}", payload[:1024]))
+            return out.reject(R.UNKNOWN_ENTERPRISE, topic, f"enterprise {_excerpt(ent)} is not in the site file",
+                              payload)
         try:
             doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as e:
-            return out.rejects.append(Reject(R.BAD_JSON, topic, str(e)[:200], payload))
+        except orjson.JSONDecodeError as e:  # NaN and Infinity included: orjson refuses them
+            return out.reject(R.BAD_JSON, topic, str(e)[:200], payload)
         if kind == "data":
             self._batch(out, topic, ent, tags, doc, payload, received_us)
         elif kind == "point":
-            self._point(out, topic, tags, parts[2], doc, payload, received_us)
+            self._point(out, topic, ent, tags, parts[2], doc, payload, received_us)
+        elif type(doc) is dict and doc.keys() == {"online"} and type(doc["online"]) is bool:
+            out.statuses.append(GatewayStatus(ent, doc["online"], from_epoch_us(received_us)))
         else:
-            if type(doc) is dict and doc.keys() == {"online"} and type(doc["online"]) is bool:
-                out.statuses.append(GatewayStatus(ent, doc["online"], from_epoch_us(received_us)))
-            else:
-                out.rejects.append(Reject(R.BAD_PAYLOAD, topic, 'status must be {"online": true|false}', payload))
+            out.reject(R.BAD_PAYLOAD, topic, 'status must be {"online": true|false}', payload)
 
     def _batch(self, out: Decoded, topic: str, ent: str, tags: dict[str, int], doc: Any, payload: bytes,
                received_us: int) -> None:
-        if type(doc) is not dict or not isinstance(doc.get("points"), list) or not doc.keys() <= _BATCH_KEYS:
+        if type(doc) is not dict or type(doc.get("points")) is not list or not doc.keys() <= _BATCH_KEYS:
             extra = sorted(set(doc) - _BATCH_KEYS) if type(doc) is dict else []
-            why = f"unknown fields {extra}" if extra else 'a batch is {"ts": …, "seq": …, "points": [...]}'
-            return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, why, payload))
+            why = f"unknown fields {_excerpt(extra)}" if extra else 'a batch is {"ts": …, "seq": …, "points": [...]}'
+            return out.reject(R.BAD_PAYLOAD, topic, why, payload)
         batch_ts: int | None = None
         if "ts" in doc:
             batch_ts = _ts_us(doc["ts"])
             if batch_ts is None:
-                return out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"batch ts {doc['ts']!r}", payload))
+                return out.reject(R.BAD_TIMESTAMP, topic, f"batch ts {_excerpt(doc['ts'])}", payload)
         seq = doc.get("seq")
         if seq is not None:
             if type(seq) is not int or seq < 0:
-                return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, f"seq {seq!r} is not a counter", payload))
+                return out.reject(R.BAD_PAYLOAD, topic, f"seq {_excerpt(seq)} is not a counter", payload)
             last = self.last_seq.get(ent)
             if last is not None and seq > last + 1:
-                out.seq_gaps += seq - last - 1
+                out.seq_gaps += min(seq - last - 1, MAX_SEQ_GAP)
             if last is None or seq > last:
                 self.last_seq[ent] = seq
-        limit = received_us + FUTURE_LIMIT_US
+        future = received_us + FUTURE_LIMIT_US
+        old = received_us - self.backfill_us
+        points = doc["points"]
+        if points and batch_ts is not None and old <= batch_ts <= future and self._plain_batch(out, tags, points,
+                                                                                                batch_ts):
+            self.clocks.observe(ent, batch_ts, received_us)
+            return
+        newest = -1  # the freshest reading time of the message, for the gateway's clock
         sid_out, ts_out, val_out, q_out = out.sensor_id, out.ts_us, out.value, out.quality
-        for p in doc["points"]:
+        for p in points:
             if type(p) is not dict or not p.keys() <= _POINT_KEYS:
-                out.rejects.append(Reject(R.BAD_POINT, topic, _excerpt(p), None))
+                out.reject(R.BAD_POINT, topic, _excerpt(p), None)
                 continue
-            sid = tags.get(p.get("tag"))  # type: ignore[arg-type]
+            tag = p.get("tag")
+            sid = tags.get(tag) if type(tag) is str else None
             if sid is None:
-                out.rejects.append(Reject(R.UNKNOWN_TAG, topic, f"tag {p.get('tag')!r} of {ent}", None))
+                out.reject(R.UNKNOWN_TAG, topic, f"tag {_excerpt(tag)} of {ent}", None)
                 continue
             v: Any = p.get("value")
             tv = type(v)
@@ -158,51 +185,78 @@ class Decoder:
             elif tv is bool:
                 fv = 1.0 if v else 0.0
             else:
-                out.rejects.append(Reject(R.BAD_VALUE, topic, f"{p.get('tag')}: value {_excerpt(v)}", None))
+                out.reject(R.BAD_VALUE, topic, f"{tag}: value {_excerpt(v)}", None)
                 continue
             q = p.get("q", 0)
-            if q not in (0, 1, 2) or type(q) is not int:
-                out.rejects.append(Reject(R.BAD_QUALITY, topic, f"{p.get('tag')}: q {_excerpt(q)}", None))
+            if type(q) is not int or not 0 <= q <= 2:
+                out.reject(R.BAD_QUALITY, topic, f"{tag}: q {_excerpt(q)}", None)
                 continue
             if "ts" in p:
                 ts = _ts_us(p["ts"])
                 if ts is None:
-                    out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"{p.get('tag')}: ts {_excerpt(p['ts'])}", None))
+                    out.reject(R.BAD_TIMESTAMP, topic, f"{tag}: ts {_excerpt(p['ts'])}", None)
                     continue
             elif batch_ts is not None:
                 ts = batch_ts
             else:
-                out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"{p.get('tag')}: no ts on the point or batch",
-                                          None))
+                out.reject(R.BAD_TIMESTAMP, topic, f"{tag}: no ts on the point or the batch", None)
                 continue
-            if ts > limit:
-                out.rejects.append(Reject(R.FUTURE_TIMESTAMP, topic,
-                                          f"{p.get('tag')}: ts {from_epoch_us(ts).isoformat()}", None))
+            if ts > newest:
+                newest = ts
+            if ts > future:
+                out.reject(R.FUTURE_TIMESTAMP, topic, f"{tag}: ts {from_epoch_us(ts).isoformat()} is more than 5 min "
+                           "ahead of hazardwatch's clock (check the gateway's time)", None)
+                continue
+            if ts < old:
+                out.reject(R.OLD_TIMESTAMP, topic, f"{tag}: ts {from_epoch_us(ts).isoformat()} is older than the "
+                           f"backfill bound ({_days(self.backfill_us)})", None)
                 continue
             sid_out.append(sid)
             ts_out.append(ts)
             val_out.append(fv)
             q_out.append(q)
+        if newest >= 0:
+            self.clocks.observe(ent, newest, received_us)
 
-    def _point(self, out: Decoded, topic: str, tags: dict[str, int], tag: str, doc: Any, payload: bytes,
+    @staticmethod
+    def _plain_batch(out: Decoded, tags: dict[str, int], points: list[Any], ts: int) -> bool:
+        """The common case in a few list passes: every point exactly ``{"tag": known, "value": number}``
+        under the batch's (valid) time. False, having added nothing, when any point is otherwise: the
+        point-by-point path then says what is wrong with which."""
+        try:
+            sids = [tags[p["tag"]] for p in points]
+            values = [p["value"] for p in points]
+        except (KeyError, TypeError, IndexError):  # unknown tag, not an object, an unhashable tag …
+            return False
+        if not all(len(p) == 2 for p in points) or not all(type(v) in _NUMBERS for v in values):
+            return False
+        n = len(sids)
+        out.sensor_id += sids
+        out.ts_us += [ts] * n
+        out.value += values  # int and bool become float64 when the batch is built
+        out.quality += [0] * n
+        return True
+
+    def _point(self, out: Decoded, topic: str, ent: str, tags: dict[str, int], tag: str, doc: Any, payload: bytes,
                received_us: int) -> None:
         sid = tags.get(tag)
         if sid is None:
-            return out.rejects.append(Reject(R.UNKNOWN_TAG, topic, f"tag {tag!r}", payload))
+            return out.reject(R.UNKNOWN_TAG, topic, f"tag {_excerpt(tag)}", payload)
         ts = received_us  # a bare value is stamped with the time it is received
+        stamped = False
         q = 0
         if type(doc) is dict:
             if not doc.keys() <= _SINGLE_KEYS or "value" not in doc:
-                return out.rejects.append(Reject(R.BAD_PAYLOAD, topic, 'use a bare value or {"value": …, "ts": …, '
-                                                 '"q": …}', payload))
+                return out.reject(R.BAD_PAYLOAD, topic, 'use a bare value or {"value": …, "ts": …, "q": …}', payload)
             if "ts" in doc:
                 t = _ts_us(doc["ts"])
                 if t is None:
-                    return out.rejects.append(Reject(R.BAD_TIMESTAMP, topic, f"ts {_excerpt(doc['ts'])}", payload))
+                    return out.reject(R.BAD_TIMESTAMP, topic, f"ts {_excerpt(doc['ts'])}", payload)
                 ts = t
+                stamped = True
             q = doc.get("q", 0)
-            if q not in (0, 1, 2) or type(q) is not int:
-                return out.rejects.append(Reject(R.BAD_QUALITY, topic, f"q {_excerpt(q)}", payload))
+            if type(q) is not int or not 0 <= q <= 2:
+                return out.reject(R.BAD_QUALITY, topic, f"q {_excerpt(q)}", payload)
             doc = doc["value"]
         tv = type(doc)
         if tv is float or tv is int:
@@ -210,9 +264,15 @@ class Decoder:
         elif tv is bool:
             fv = 1.0 if doc else 0.0
         else:
-            return out.rejects.append(Reject(R.BAD_VALUE, topic, f"value {_excerpt(doc)}", payload))
-        if ts > received_us + FUTURE_LIMIT_US:
-            return out.rejects.append(Reject(R.FUTURE_TIMESTAMP, topic, from_epoch_us(ts).isoformat(), payload))
+            return out.reject(R.BAD_VALUE, topic, f"value {_excerpt(doc)}", payload)
+        if stamped:  # a bare value says nothing about the gateway's clock
+            self.clocks.observe(ent, ts, received_us)
+            if ts > received_us + FUTURE_LIMIT_US:
+                return out.reject(R.FUTURE_TIMESTAMP, topic, f"ts {from_epoch_us(ts).isoformat()} is more than 5 min "
+                                  "ahead of hazardwatch's clock (check the gateway's time)", payload)
+            if ts < received_us - self.backfill_us:
+                return out.reject(R.OLD_TIMESTAMP, topic, f"ts {from_epoch_us(ts).isoformat()} is older than the "
+                                  f"backfill bound ({_days(self.backfill_us)})", payload)
         out.sensor_id.append(sid)
         out.ts_us.append(ts)
         out.value.append(fv)
@@ -233,6 +293,11 @@ def _ts_us(v: Any) -> int | None:
             return None  # without an offset the time is ambiguous: refuse rather than guess
         return epoch_us(dt)
     return None
+
+
+def _days(us: int) -> str:
+    d = us / 86_400_000_000
+    return f"{d:g} d" if d >= 1 else f"{us / 3_600_000_000:g} h"
 
 
 def _excerpt(v: Any) -> str:

@@ -23,3 +23,4 @@ class RejectReason(enum.StrEnum):
     BAD_QUALITY = "bad_quality"
     BAD_TIMESTAMP = "bad_timestamp"  # missing, unparsable, without an offset, out of range
     FUTURE_TIMESTAMP = "future_timestamp"  # more than 5 minutes ahead of the receive time
+    OLD_TIMESTAMP = "old_timestamp"  # older than the backfill bound (default 7 days)

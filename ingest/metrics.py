@@ -37,5 +37,18 @@ class IngestMetrics:
                                  registry=registry)
         self.seq_gaps = Counter("hazardwatch_ingest_seq_gaps_total", "gateway batches missing by seq",
                                 registry=registry)
+        self.sessions = Counter("hazardwatch_ingest_broker_sessions_total", "broker connections accepted",
+                                registry=registry)
+        self.paused = Counter("hazardwatch_ingest_read_pauses_total",
+                              "times reading from the broker paused: too much received and not yet committed",
+                              registry=registry)
+        self.qos0_dropped = Counter("hazardwatch_ingest_qos0_dropped_total",
+                                    "QoS 0 messages dropped because the inbox was full (publish at QoS 1)",
+                                    registry=registry)
+        self.clock_offset = Gauge("hazardwatch_ingest_gateway_clock_offset_seconds",
+                                  "a gateway's clock minus hazardwatch's, from its freshest readings",
+                                  ["enterprise"], registry=registry)
+        self.writes_in_flight = Gauge("hazardwatch_ingest_writes_in_flight", "write transactions under way",
+                                      registry=registry)
         self.status = Counter("hazardwatch_ingest_gateway_status_total", "gateway status changes received",
                               ["online"], registry=registry)

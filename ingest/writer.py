@@ -5,15 +5,20 @@ inside a savepoint. A redelivered or re-sent reading makes that COPY fail on the
 the batch is then written through a staging table with ``ON CONFLICT DO NOTHING``. Rejected
 input and gateway status changes are written in the same transaction, so one commit covers
 everything the acknowledged messages carried.
+
+Blocking on purpose: the ingest stage runs each transaction in a worker thread with a connection
+of its own, so the COPY stream keeps flowing to the server while the event loop is busy judging
+readings (libpq sends and waits without holding the GIL).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from datetime import datetime
 
 import numpy as np
-from psycopg import AsyncConnection, errors
+from psycopg import Connection, errors
 
 from ingest.decode import Reject
 from park.types import GatewayStatus, ReadingBatch
@@ -43,27 +48,37 @@ def copy_payload(batch: ReadingBatch) -> bytes:
     return _HEADER + rows.tobytes() + _TRAILER
 
 
-async def write_readings(conn: AsyncConnection, batch: ReadingBatch) -> tuple[int, bool]:
+def write_batch(conn: Connection, batch: ReadingBatch | None, rejects: Sequence[Reject],
+                statuses: Sequence[GatewayStatus], received_at: datetime) -> int:
+    """One transaction holding everything some messages carried; returns the readings new to the table."""
+    with conn.transaction():
+        new = write_readings(conn, batch)[0] if batch is not None else 0
+        write_rejects(conn, rejects, received_at)
+        write_statuses(conn, statuses)
+    return new
+
+
+def write_readings(conn: Connection, batch: ReadingBatch) -> tuple[int, bool]:
     """Store ``batch`` inside the caller's transaction; return (rows new, whether duplicates were met)."""
     if len(batch) == 0:
         return 0, False
     data = copy_payload(batch)
     try:
-        async with conn.transaction():  # a savepoint: a duplicate undoes only this COPY
-            async with conn.cursor() as cur, cur.copy(COPY_READINGS) as cp:
-                await cp.write(data)
+        with conn.transaction():  # a savepoint: a duplicate undoes only this COPY
+            with conn.cursor() as cur, cur.copy(COPY_READINGS) as cp:
+                cp.write(data)
         return len(batch), False
     except errors.UniqueViolation:
         pass
-    async with conn.cursor() as cur:
-        await cur.execute(
+    with conn.cursor() as cur:
+        cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _readings_stage"
             " (ts timestamptz, sensor_id integer, value double precision, quality smallint)"
         )
-        await cur.execute("TRUNCATE _readings_stage")
-        async with cur.copy(COPY_READINGS.replace("readings", "_readings_stage", 1)) as cp:
-            await cp.write(data)
-        await cur.execute(
+        cur.execute("TRUNCATE _readings_stage")
+        with cur.copy(COPY_READINGS.replace("readings", "_readings_stage", 1)) as cp:
+            cp.write(data)
+        cur.execute(
             "INSERT INTO readings (ts, sensor_id, value, quality)"
             " SELECT DISTINCT ON (sensor_id, ts) ts, sensor_id, value, quality FROM _readings_stage"
             " ON CONFLICT (sensor_id, ts) DO NOTHING"
@@ -71,23 +86,24 @@ async def write_readings(conn: AsyncConnection, batch: ReadingBatch) -> tuple[in
         return cur.rowcount, True
 
 
-async def write_rejects(conn: AsyncConnection, rejects: Sequence[Reject], received_at: object) -> None:
+def write_rejects(conn: Connection, rejects: Sequence[Reject], received_at: object) -> None:
     if not rejects:
         return
-    async with conn.cursor() as cur, cur.copy(
-        "COPY rejects (received_at, topic, reason, detail, payload) FROM STDIN"
+    with conn.cursor() as cur, cur.copy(
+        "COPY rejects (received_at, topic, reason, detail, payload, payload_bytes) FROM STDIN"
     ) as cp:
         for r in rejects:
-            await cp.write_row((received_at, r.topic[:512], r.reason.value, r.detail, r.payload))
+            cp.write_row((received_at, r.topic[:512], r.reason.value, r.detail, r.payload,
+                                r.size if r.payload is not None else None))
 
 
-async def write_statuses(conn: AsyncConnection, statuses: Sequence[GatewayStatus]) -> None:
+def write_statuses(conn: Connection, statuses: Sequence[GatewayStatus]) -> None:
     for s in statuses:
-        await conn.execute(
+        conn.execute(
             "INSERT INTO gateway_events (ts, enterprise_code, online) VALUES (%s, %s, %s)",
             (s.ts, s.enterprise, s.online),
         )
-        await conn.execute(
+        conn.execute(
             "INSERT INTO gateway_status (enterprise_code, online, since, updated_at) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (enterprise_code) DO UPDATE SET"
             "  since = CASE WHEN gateway_status.online = EXCLUDED.online THEN gateway_status.since"

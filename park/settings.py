@@ -1,21 +1,95 @@
 """Connection settings (CONTRACT §6): environment first, then the site file, then defaults.
 
-Built once in ``main`` and passed down. Secrets are ``SecretStr`` and never printed.
+Built once in ``main`` and passed down. Secrets are ``SecretStr`` and never printed: not in
+``repr``, not in ``safe_dict``, not in any error message.
+
+Credentials inside URLs: an operator writes ``mqtt://user:password@host`` or
+``postgresql://user:password@host/db`` and should not have to know which characters a URL
+reserves. The user information is everything between ``://`` and the last ``@`` that is followed
+by a host, so a password may hold ``#``, ``/``, ``?``, ``@`` and ``:`` as written; percent-encoded
+passwords (``%23`` …) are decoded as usual (a literal ``%`` followed by two hex digits must be
+written ``%25``). URLs handed on to libpq are rebuilt with the user information quoted.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from datetime import timedelta
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from park.durations import parse_duration
 from park.errors import SettingsError
 from park.site import Site
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
+DEFAULT_BACKFILL = timedelta(days=7)  # CONTRACT §1: older readings are rejected at the door
+# host[:port], a bracketed IPv6 address, or libpq's comma-separated host list
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[^,/?#@\[\]]*)?"  # any port text: checked later
+_AUTHORITY = re.compile(rf"^{_HOST}(?:,{_HOST})*$")
+
+
+@dataclass(frozen=True, slots=True)
+class UrlParts:
+    """A URL split with its credentials apart: ``scheme://[user[:password]@]rest``."""
+
+    scheme: str
+    user: str | None
+    password: str | None
+    rest: str  # host[:port][/path][?query]
+
+    def masked(self) -> str:
+        if self.user is None:
+            return f"{self.scheme}://{self.rest}"
+        pw = ":***" if self.password is not None else ""
+        return f"{self.scheme}://{quote(self.user, safe='')}{pw}@{self.rest}"
+
+    def quoted(self) -> str:
+        """The URL with its user information percent-encoded, as libpq and urllib expect it."""
+        if self.user is None:
+            return f"{self.scheme}://{self.rest}"
+        pw = f":{quote(self.password, safe='')}" if self.password is not None else ""
+        return f"{self.scheme}://{quote(self.user, safe='')}{pw}@{self.rest}"
+
+
+def split_url(url: str) -> UrlParts | None:
+    """Split ``url`` leniently (see the module's docstring); None when it has no ``scheme://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return None
+    at = len(rest)
+    while True:
+        at = rest.rfind("@", 0, at)
+        if at < 0:
+            return UrlParts(scheme, None, None, rest)
+        authority = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
+        if _AUTHORITY.match(authority):
+            break
+    userinfo, rest = rest[:at], rest[at + 1:]
+    user, colon, password = userinfo.partition(":")
+    return UrlParts(scheme, unquote(user), unquote(password) if colon else None, rest)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: safe to print."""
+    parts = split_url(url)
+    if parts is None:
+        return "(not a URL)" if "password" in url.lower() or "@" in url else url
+    return parts.masked()
+
+
+def quote_db_url(url: str) -> str:
+    """A PostgreSQL URL with its credentials percent-encoded for libpq; a ``key=value`` conninfo as is."""
+    parts = split_url(url)
+    if parts is None:
+        return url
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SettingsError("HAZARDWATCH_DATABASE_URL", f"{parts.masked()}: use postgresql://user:password@host/db")
+    return parts.quoted()
 
 
 class EnvSettings(BaseSettings):
@@ -31,6 +105,10 @@ class EnvSettings(BaseSettings):
     public_url: str | None = None
     link_secret: SecretStr | None = None  # signs acknowledgement links; generated if unset
     data_dir: str | None = None  # the local journal (alarms and messages during a database outage)
+    mqtt_ca_file: str | None = None  # PEM file of the CA(s) that signed the broker's certificate
+    mqtt_cert_file: str | None = None  # client certificate (PEM), when the broker asks for one
+    mqtt_key_file: str | None = None  # its private key (PEM)
+    backfill: str | None = None  # how old a reading may be and still be stored (default 7d)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,21 +118,33 @@ class MqttTarget:
     tls: bool
     username: str | None
     password: SecretStr | None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> MqttTarget:
-        u = urlsplit(url)
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{url!r}: use mqtt://host:port or mqtts://host:port")
-        tls = u.scheme in ("mqtts", "ssl")
+    def parse(cls, url: str, *, ca_file: str | None = None, cert_file: str | None = None,
+              key_file: str | None = None) -> MqttTarget:
+        parts = split_url(url)
+        shown = parts.masked() if parts else mask_url(url)
+        if parts is None or parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{shown!r}: use mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme in ("mqtts", "ssl")
+        u = urlsplit(f"{parts.scheme}://{parts.rest}")
         if not u.hostname:
-            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{url!r} has no host")
+            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{shown!r} has no host")
         try:
             port = u.port or (8883 if tls else 1883)
         except ValueError:
-            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{url!r} has a bad port") from None
-        pw = SecretStr(unquote(u.password)) if u.password else None
-        return cls(u.hostname, port, tls, unquote(u.username) if u.username else None, pw)
+            raise SettingsError("HAZARDWATCH_MQTT_URL", f"{shown!r} has a bad port") from None
+        if (cert_file is None) != (key_file is None):
+            raise SettingsError("HAZARDWATCH_MQTT_CERT_FILE", "a client certificate needs its key file too "
+                                "(HAZARDWATCH_MQTT_CERT_FILE and HAZARDWATCH_MQTT_KEY_FILE)")
+        pw = SecretStr(parts.password) if parts.password is not None else None
+        return cls(u.hostname, port, tls, parts.user or None, pw, ca_file, cert_file, key_file)
+
+    def __repr__(self) -> str:
+        return f"MqttTarget({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}, user={self.username!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +158,15 @@ class Settings:
     public_url: str
     link_secret: SecretStr | None
     data_dir: str | None = None  # default: ~/.local/share/hazardwatch
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    backfill: timedelta = DEFAULT_BACKFILL
 
     @property
     def mqtt(self) -> MqttTarget:
-        return MqttTarget.parse(self.mqtt_url)
+        return MqttTarget.parse(self.mqtt_url, ca_file=self.mqtt_ca_file, cert_file=self.mqtt_cert_file,
+                                key_file=self.mqtt_key_file)
 
     def safe_dict(self) -> dict[str, str]:
         """For logs and ``check-config``: secrets masked."""
@@ -83,6 +178,7 @@ class Settings:
             "mqtt_prefix": self.mqtt_prefix,
             "http": f"{self.http_host}:{self.http_port}",
             "public_url": self.public_url,
+            "backfill": str(self.backfill),
         }
 
 
@@ -90,18 +186,29 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     """Merge environment over site file over defaults; raise SettingsError on a bad value."""
     env = env or EnvSettings()
     db = env.database_url or (site.database.url if site else None)
+    if db is not None:
+        db = SecretStr(quote_db_url(db.get_secret_value()))
     mqtt_url = env.mqtt_url or (site.mqtt.url if site else None) or "mqtt://127.0.0.1:1883"
-    if site and site.mqtt.username and "@" not in mqtt_url:
-        pw = site.mqtt.password.get_secret_value() if site.mqtt.password else ""
-        scheme, rest = mqtt_url.split("://", 1)
-        mqtt_url = f"{scheme}://{site.mqtt.username}:{pw}@{rest}"
-    MqttTarget.parse(mqtt_url)
+    parts = split_url(mqtt_url)
+    if site and site.mqtt.username and parts is not None and parts.user is None:
+        pw = site.mqtt.password.get_secret_value() if site.mqtt.password else None
+        mqtt_url = UrlParts(parts.scheme, site.mqtt.username, pw, parts.rest).quoted()
+    MqttTarget.parse(mqtt_url, ca_file=env.mqtt_ca_file, cert_file=env.mqtt_cert_file, key_file=env.mqtt_key_file)
+    backfill = DEFAULT_BACKFILL
+    if env.backfill:
+        try:
+            backfill = parse_duration(env.backfill)
+        except ValueError as e:
+            raise SettingsError("HAZARDWATCH_BACKFILL", str(e)) from None
+        if backfill <= timedelta(0):
+            raise SettingsError("HAZARDWATCH_BACKFILL", "must be longer than zero, e.g. 7d")
     client_id = env.mqtt_client_id or (site.mqtt.client_id if site else None) or default_client_id()
     prefix = (env.mqtt_prefix or (site.mqtt.prefix if site else None) or "hw/v1").strip("/")
     addr = env.http_addr or (site.http.addr if site else None) or DEFAULT_HTTP_ADDR
     host, port = parse_addr(addr)
     public = env.public_url or (site.http.public_url if site else None) or f"http://{host}:{port}"
-    return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret, env.data_dir)
+    return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret,
+                    env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill)
 
 
 def default_client_id() -> str:
@@ -117,7 +224,4 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 
 def _mask_url(url: str) -> str:
-    u = urlsplit(url)
-    if u.password:
-        return url.replace(f":{u.password}@", ":***@", 1)
-    return url
+    return mask_url(url)

@@ -102,10 +102,14 @@ class RulesService:
         next_tick = time.monotonic()
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
+            item = None
             try:
-                item = await asyncio.wait_for(self.inbox.get(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that lands as the item arrives, and the stage would never stop
+                async with asyncio.timeout(timeout):
+                    item = await self.inbox.get()
             except TimeoutError:
-                item = None
+                pass
             if item is not None:
                 async with self._lock:
                     t0 = time.perf_counter()

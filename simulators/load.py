@@ -27,8 +27,14 @@ class LoadSpec:
     messages: int = 1000
     rate: float = 0.0  # messages per second; 0 = as fast as the broker takes them
     seed: int = 1
-    t0_ms: int = 1_763_856_000_000  # readings are stamped from here on, one tick per second
+    t0_ms: int = 0  # readings are stamped from here on, one tick per second; 0: an hour before now
     realtime: bool = False  # stamp each message with the time it is published instead
+
+
+def recent_t0_ms() -> int:
+    """An hour before now, on the minute: readings inside the backfill bound, the same in every process
+    that asks within the minute (pass it explicitly to be sure)."""
+    return (int(time.time()) // 60 * 60 - 3600) * 1000
 
 
 def enterprise_code(i: int) -> str:
@@ -39,8 +45,9 @@ def tag(j: int) -> str:
     return f"AT-{j:04d}"
 
 
-def site_yaml(enterprises: int, points: int, name: str = "负载测试园区") -> str:
-    """A valid site file with the load's sensors (combustible gas: standard limits, no config)."""
+def site_yaml(enterprises: int, points: int, name: str = "负载测试园区", toxic: int = 0) -> str:
+    """A valid site file with the load's sensors (combustible gas: standard limits, no config), and
+    ``toxic`` H2S detectors per enterprise (tags ``TX-0000`` …) for alarms that must go out at once."""
     lines = [f"site: {{name: {name}}}", "districts:", "  - code: LD", "    name: 负载区", "    towns:"]
     per_town = 250
     for t in range((enterprises + per_town - 1) // per_town):
@@ -49,6 +56,8 @@ def site_yaml(enterprises: int, points: int, name: str = "负载测试园区") -
             lines += [f"          - code: {enterprise_code(i)}", f"            name: 负载企业{i}",
                       "            sensors:"]
             lines += [f"              - {{tag: {tag(j)}, kind: gas_combustible}}" for j in range(points)]
+            lines += [f"              - {{tag: TX-{j:04d}, kind: gas_toxic, gas: H2S, unit: mg/m3}}"
+                      for j in range(toxic)]
     return "\n".join(lines) + "\n"
 
 
@@ -56,8 +65,9 @@ def messages(spec: LoadSpec, prefix: str) -> Iterator[tuple[str, bytes]]:
     rng = random.Random(spec.seed)
     sent = 0
     tick = 0
+    t0_ms = spec.t0_ms or recent_t0_ms()
     while sent < spec.messages:
-        ts = int(time.time() * 1000) if spec.realtime else spec.t0_ms + tick * 1000
+        ts = int(time.time() * 1000) if spec.realtime else t0_ms + tick * 1000
         for e in range(spec.enterprises):
             code = enterprise_code(e)
             if spec.mode == "batch":
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.site_out, "w", encoding="utf-8") as f:
             f.write(site_yaml(a.enterprises, a.points))
     n, secs = publish(a.mqtt_url, a.prefix, LoadSpec(a.enterprises, a.points, a.mode, a.messages, a.rate,
-                                                     t0_ms=int(time.time() * 1000) - 3_600_000))
+                                                     t0_ms=recent_t0_ms()))
     print(f"published {n} messages in {secs:.1f}s ({n / secs:,.0f} msg/s)")
     return 0
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ingest.service import DB_STAGE
+from park.health import Health
 from park.types import GatewayStatus, ReadingBatch
 from tests.ingest_helpers import TAGS, Publisher, prepare, running_ingest, settings_for, wait_rows
 from tests.test_ingest_stream import batch
@@ -83,7 +85,8 @@ def test_database_down_30s_mid_stream(mqtt_url: str, topic_prefix: str, private_
 
     async def go() -> None:
         await prepare(private_pg.url)
-        async with running_ingest(settings, sink) as svc:
+        health = Health()
+        async with running_ingest(settings, sink, health=health) as svc:
             pub = Publisher(mqtt_url)
             pub.publish_many((f"{topic_prefix}/E1/data", batch(i)) for i in range(n1))
             assert await wait_rows(private_pg.url, n1 * len(TAGS)) == n1 * len(TAGS)
@@ -106,6 +109,7 @@ def test_database_down_30s_mid_stream(mqtt_url: str, topic_prefix: str, private_
             assert seen > 0, "no readings reached the rules sink while the database was down"
             await asyncio.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
             assert svc.metrics.db_errors._value.get() > 0
+            assert not health.stages[DB_STAGE].ok  # /readyz says why
             await asyncio.to_thread(private_pg.start)
             await asyncio.to_thread(pub.publish_many, ((f"{topic_prefix}/E1/data", batch(i))
                                                        for i in range(n1 + n2, n1 + n2 + n3)))
@@ -113,6 +117,7 @@ def test_database_down_30s_mid_stream(mqtt_url: str, topic_prefix: str, private_
             await asyncio.to_thread(pub.publish_many, ((f"{topic_prefix}/E1/data", batch(i)) for i in range(5)))
             total = (n1 + n2 + n3) * len(TAGS)
             assert await wait_rows(private_pg.url, total, within=90) == total
+            assert health.stages[DB_STAGE].ok  # recovered by itself
             pub.close()
         async with await psycopg.AsyncConnection.connect(private_pg.url) as conn:
             cur = await conn.execute("SELECT count(*), count(DISTINCT (sensor_id, ts)) FROM readings")

@@ -240,7 +240,8 @@ async def events(hub: StreamHub, sub: Subscriber) -> AsyncIterator[str]:
                     sub.queue.get_nowait()
                 yield _sse("resync", {"reason": "too many changes at once"})
             try:
-                name, data = await asyncio.wait_for(sub.queue.get(), hub.heartbeat)
+                async with asyncio.timeout(hub.heartbeat):  # not wait_for: it can swallow a cancellation on 3.11
+                    name, data = await sub.queue.get()
             except TimeoutError:
                 if not hub.tokens.active(sub.principal.token_hash):
                     yield _sse("closed", {"reason": "令牌已撤销"})

@@ -1,6 +1,7 @@
-"""``hazardwatch bench ingest|rules|latency [options]``: benchmark scripts that print figures.
+"""``hazardwatch bench ingest|rules|latency|all [options]``: benchmark scripts that print figures.
 
-Each benchmark lives with the code it measures and has ``main(argv) -> int``.
+Benchmarks live with the shell (``hazardwatch/benchmarks/``): they drive the whole service and the
+simulator's load, which the stages must not import. Each has ``main(argv) -> int``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import argparse
 import importlib
 
 BENCHES = {
-    "ingest": ("ingest.bench", "readings stored per second vs bare paho drain and bare COPY"),
+    "ingest": ("hazardwatch.benchmarks.ingest", "readings stored per second by the whole service vs bare COPY "
+                                                "and a bare paho drain"),
     "rules": ("hazardwatch.benchmarks.rules", "readings judged per second by the rule core, memory per sensor"),
     "latency": ("hazardwatch.benchmarks.latency", "reading-to-first-notification latency under load"),
+    "all": ("hazardwatch.benchmarks.all", "every benchmark, one table (the README's figures)"),
 }
 
 

@@ -206,7 +206,8 @@ class CommandClient:
             if left <= 0:
                 return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), min(self.poll, left))
+                async with asyncio.timeout(min(self.poll, left)):  # not wait_for: it can swallow a cancel on 3.11
+                    await ev.wait()
 
     async def _outcome(self, cid: int) -> Outcome | None:
         async with self.pool.connection(timeout=5) as conn:

@@ -242,7 +242,9 @@ class Elector:
     async def _until_over(self, term: Term, lost: asyncio.Event) -> None:
         while self.leading() is term and not lost.is_set():
             try:
-                await asyncio.wait_for(lost.wait(), self.core.remaining(self.monotonic()) + 0.001)
+                # not wait_for: on Python 3.11 it can swallow a cancellation
+                async with asyncio.timeout(self.core.remaining(self.monotonic()) + 0.001):
+                    await lost.wait()
             except TimeoutError:
                 pass
 
