@@ -31,6 +31,18 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_ingest_batch_rows": "larger under load (batching), small when quiet",
     "hazardwatch_ingest_lag_seconds": "below the gateways' reporting interval plus a few seconds; minutes = "
                                       "a backlog is being drained or a gateway clock is wrong",
+    "hazardwatch_ingest_broker_sessions_total": "1 per start plus 1 per broker reconnect; rising steadily = the "
+                                                "broker connection keeps dropping (network, credentials, a "
+                                                "second client with the same id)",
+    "hazardwatch_ingest_gateway_clock_offset_seconds": "within a few seconds of 0 per enterprise; minutes = that "
+                                                       "gateway's clock is wrong (a blue alarm says so beyond the "
+                                                       "bound)",
+    "hazardwatch_ingest_qos0_dropped_total": "0; rising = QoS 0 messages arrive faster than they can be stored "
+                                             "(gateways should publish at QoS 1)",
+    "hazardwatch_ingest_read_pauses_total": "0 or rare; rising = the database writes cannot keep up and ingest "
+                                            "stops reading until they do (nothing is lost: the broker holds it)",
+    "hazardwatch_ingest_writes_in_flight": "0-3 (the writer connections); pinned at the maximum = the database "
+                                           "is the bottleneck",
     "hazardwatch_ingest_queue_messages": "small (below 10,000, the in-flight window); stuck high = writes fail",
     "hazardwatch_ingest_broker_connected": "1 on the leader; 0 for more than a few seconds = broker unreachable",
     "hazardwatch_ingest_db_errors_total": "0; rising = database outage (retried; nothing is lost)",
