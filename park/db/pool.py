@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -22,6 +24,26 @@ CONNECT_DEFAULTS = {
 # failed attempt chain ends and the next request starts a new one at once, so the pool finds a
 # promoted replica within seconds however long the outage was.
 RECONNECT_TIMEOUT = 10.0
+
+
+class Pool(AsyncConnectionPool):
+    """psycopg_pool's async pool, with a cancellation that arrives during a wait kept.
+
+    While a task waits for a connection, psycopg_pool uses ``asyncio.wait_for``, which on Python 3.11
+    returns the connection when a cancellation arrives together with it and drops the cancellation:
+    the task runs on, and a stage asked to stop (shutdown, a lost lease) never does. A cancellation
+    requested during the wait is re-raised here, after the connection went back to the pool.
+    Cancellations requested before the call (clean-up work after a cancel) are not affected.
+    """
+
+    async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 — psycopg_pool's signature
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
+        conn = await super().getconn(timeout)
+        if task is not None and task.cancelling() > before:
+            await self.putconn(conn)
+            raise asyncio.CancelledError
+        return conn
 
 
 @asynccontextmanager
@@ -44,7 +66,7 @@ async def open_pool(
         given = conninfo_to_dict(url)
     except Exception:  # refused when connecting, with the address only (see below)
         given = {}
-    pool = AsyncConnectionPool(
+    pool = Pool(
         url,
         min_size=min_size,
         max_size=max_size,
