@@ -118,6 +118,7 @@ class AlertingService:
         self._last_flood_summary: datetime | None = None
         self._last_overdue: datetime | None = None
         self._last_overdue_real = -1e9
+        self.ticks_done = 0  # completed escalation passes: progress a caller can wait on
         self._recovered = False
         self.restored = asyncio.Event()
 
@@ -156,6 +157,7 @@ class AlertingService:
                     and time.monotonic() - self._last_overdue_real >= OVERDUE_REAL_MIN:
                 self._last_overdue, self._last_overdue_real = now, time.monotonic()
                 await self._report_overdue(now)
+            self.ticks_done += 1
 
     async def _work(self) -> None:
         while True:

@@ -34,10 +34,11 @@ from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
 from ingest.metrics import IngestMetrics
 from ingest.transport import Message, MqttTransport
 from ingest.writer import write_batch
+from park.clock import Clock, SystemClock
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
-from park.types import GatewayClock, GatewayStatus, ReadingBatch, from_epoch_us
+from park.types import GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 
 log = logging.getLogger("hazardwatch.ingest")
 
@@ -80,8 +81,11 @@ class IngestService:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         health: Health | None = None,
         writers: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        # hazardwatch's clock: arrival stamps (the door's time bounds, liveness) and gateway offsets
+        self.clock = clock or SystemClock()
         self.pool = pool
         self.sink = sink
         self.health = health
@@ -89,7 +93,7 @@ class IngestService:
         self.metrics = IngestMetrics(registry)
         self.decoder = Decoder(park, settings.mqtt_prefix, max_payload, settings.backfill)
         self.transport = MqttTransport(settings.mqtt, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#",
-                                       metrics=self.metrics, health=health)
+                                       metrics=self.metrics, health=health, now_us=self._now_us)
         self._pending: list[_Work] = []
         self._work = asyncio.Event()  # there is pending work
         self._seq = 0
@@ -101,6 +105,11 @@ class IngestService:
         self._rejects_since_log = 0
         if health is not None:
             health.register(DB_STAGE)
+
+    def _now_us(self) -> int:
+        if type(self.clock) is SystemClock:  # the common case, without a datetime per message
+            return time.time_ns() // 1000
+        return epoch_us(self.clock.now())
 
     @property
     def connected(self) -> bool:
@@ -154,7 +163,7 @@ class IngestService:
             self.metrics.messages.inc(len(messages))
             if batch is not None:
                 self.metrics.readings.inc(len(batch))
-                self.metrics.lag.set(time.time() - float(batch.ts_us.max()) / 1e6)
+                self.metrics.lag.set((self._now_us() - float(batch.ts_us.max())) / 1e6)
             if out.seq_gaps:
                 self.metrics.seq_gaps.inc(out.seq_gaps)
             if out.rejects:
@@ -174,7 +183,7 @@ class IngestService:
         """Gateway clock offsets, to the rules and the metric: when one moves, or about once a minute."""
         while True:
             await asyncio.sleep(CLOCK_EVERY)
-            now_us = time.time_ns() // 1000
+            now_us = self._now_us()
             for ent, offset in self.decoder.clocks.due(now_us):
                 self.metrics.clock_offset.labels(ent).set(offset)
                 if self.sink is not None:

@@ -129,6 +129,10 @@ async def _in_thread(target: MqttTarget) -> socket.socket:
         raise
 
 
+def _system_now_us() -> int:
+    return time.time_ns() // 1000
+
+
 class _Client(mqtt.Client):
     """paho, with its socket made beforehand (:attr:`prepared`) and its reads buffered.
 
@@ -186,8 +190,10 @@ class MqttTransport:
         max_held_bytes: int = MAX_HELD_BYTES,
         qos0_limit: int = QOS0_LIMIT,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        now_us: Callable[[], int] | None = None,
     ) -> None:
         self.target = target
+        self._now_us = now_us or _system_now_us  # stamps each message's arrival
         self.client_id = client_id
         self.topic = topic
         self.metrics = metrics
@@ -261,7 +267,7 @@ class MqttTransport:
             topic = msg.topic
         except UnicodeDecodeError:  # the broker should have refused it: let the decoder reject it
             topic = msg._topic.decode("utf-8", "replace")
-        self.inbox.append((topic, payload, msg.mid, qos, time.time_ns() // 1000, self.session))
+        self.inbox.append((topic, payload, msg.mid, qos, self._now_us(), self.session))
         self._held += 1
         self._held_bytes += len(payload)
         if self._held >= self.max_held or self._held_bytes >= self.max_held_bytes:
