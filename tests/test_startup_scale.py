@@ -9,6 +9,7 @@ name, hazard source and limits, and every secret is still found.
 from __future__ import annotations
 
 import asyncio
+import gc
 import typing
 
 import psycopg
@@ -19,6 +20,7 @@ from park import site as site_module
 from park.db.migrate import migrate
 from park.db.registry import sync_registry
 from park.model import Park, _spec
+from park.proc import pause_collector, settle
 from park.redact import secret_fields, secret_values
 from park.site import Sensor, Site
 from park.sitefile import load_site, parse_site
@@ -121,3 +123,18 @@ def test_every_field_that_can_hold_a_secret_is_walked() -> None:
 def test_a_sensor_is_not_walked_for_secrets() -> None:
     # a national registry is 440,000 sensors: none of them can hold a secret, so none is visited
     assert secret_fields(Sensor) == ()
+
+
+def test_start_up_objects_are_kept_apart_from_collection_once_running() -> None:
+    frozen = gc.get_freeze_count()
+    try:
+        pause_collector()
+        assert not gc.isenabled()
+        made = [[i] for i in range(1000)]  # start-up's long-lived objects
+        settle()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(made)
+        settle()  # twice (the fallback timer and readiness) changes nothing
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
