@@ -6,6 +6,7 @@ limits (standard defaults applied), and ask which units sit above an enterprise.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -198,9 +199,12 @@ def _unit(u: Unit, level: Level, parent: str | None) -> UnitInfo:
 _OWN_FIELDS = frozenset({"tag", "name", "hazard_source"})
 
 
+_CONFIG_FIELDS = operator.itemgetter(*(k for k in Sensor.model_fields if k not in _OWN_FIELDS))
+
+
 def config_key(s: Sensor) -> tuple[object, ...]:
     """What a sensor's derived settings depend on, hashable: sensors with equal keys share them."""
-    return tuple(v for k, v in s.__dict__.items() if k not in _OWN_FIELDS)
+    return _CONFIG_FIELDS(s.__dict__)
 
 
 def _spec(

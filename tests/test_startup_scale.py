@@ -138,3 +138,20 @@ def test_start_up_objects_are_kept_apart_from_collection_once_running() -> None:
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_rule_rows_shared_between_sensors_follow_each_sensors_own_limits() -> None:
+    from rules.engine import RuleEngine
+
+    site = parse_site(SHARED.replace("{tag: AT-2007, kind: gas_combustible, unit: \"%LEL\", trend: {enabled: false}}",
+                                     "{tag: AT-2007, kind: gas_combustible, unit: \"%LEL\", deadband: 0.7,"
+                                     " on_delay: 30s}"), environ={})
+    park = Park.from_site(site)
+    th = RuleEngine(park).threshold
+    for i, s in enumerate(park.sensors):
+        for lvl, want in ((2, s.limits.hh), (1, s.limits.h), (-1, s.limits.l), (-2, s.limits.ll)):
+            got = th.limit(i, lvl)
+            assert (got != got and want is None) or got == want, (s.tag, lvl)
+    by_tag = {s.tag: i for i, s in enumerate(park.sensors)}
+    c2, c7 = th.cid[by_tag["AT-2002"]], th.cid[by_tag["AT-2007"]]
+    assert c2 != c7 and th.c_db[c7] == 0.7 and th.c_on_delay[c7] == 30 and th.c_db[c2] != 0.7
