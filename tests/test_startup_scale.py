@@ -155,3 +155,13 @@ def test_rule_rows_shared_between_sensors_follow_each_sensors_own_limits() -> No
     by_tag = {s.tag: i for i, s in enumerate(park.sensors)}
     c2, c7 = th.cid[by_tag["AT-2002"]], th.cid[by_tag["AT-2007"]]
     assert c2 != c7 and th.c_db[c7] == 0.7 and th.c_on_delay[c7] == 30 and th.c_db[c2] != 0.7
+
+
+def test_a_word_quoted_in_one_place_and_plain_in_another_keeps_both_readings() -> None:
+    # scalars are resolved once per (text, quoting): quoted "2" is text, plain 2 a number
+    site = parse_site(variant("- {code: HS01, name: 苯罐区, grade: 2}",
+                              "- {code: HS01, grade: 2, name: \"2\"}\n              - {code: HS02, grade: 3, name: '3'}"
+                              "\n              - {code: HS03, name: \"true\", grade: 1}"),
+                      environ={})
+    sources = site.districts[0].towns[0].enterprises[0].hazard_sources
+    assert [(h.name, h.grade) for h in sources] == [("2", 2), ("3", 3), ("true", 1)]
