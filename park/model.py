@@ -6,6 +6,7 @@ limits (standard defaults applied), and ask which units sit above an enterprise.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -124,6 +125,7 @@ class Park:
         units: dict[str, UnitInfo] = {}
         enterprises: dict[str, Enterprise] = {}
         n = 0
+        shared: dict[tuple[object, ...], dict[str, object]] = {}
         for d in site.districts:
             units[d.code] = _unit(d, "district", None)
             for t in d.towns:
@@ -135,7 +137,7 @@ class Park:
                     for s in e.sensors:
                         n += 1
                         sid = ids[(e.code, s.tag)] if ids is not None else n
-                        sensors.append(_spec(sid, s, e.code, t.code, d.code, grades))
+                        sensors.append(_spec(sid, s, e.code, t.code, d.code, grades, shared))
         park = cls(site=site, sensors=sensors, units=units, enterprises=enterprises)
         park.by_key = {(s.enterprise, s.tag): s for s in sensors}
         park.by_id = {s.id: s for s in sensors}
@@ -192,22 +194,51 @@ def _unit(u: Unit, level: Level, parent: str | None) -> UnitInfo:
     return UnitInfo(u.code, level, u.name, parent, tuple(u.contacts), key)
 
 
+# Sensor fields that differ from one sensor to the next; everything else is its configuration,
+# which most sensors of a large registry share (the same kind with the same settings)
+_OWN_FIELDS = frozenset({"tag", "name", "hazard_source"})
+
+
+_CONFIG_FIELDS = operator.itemgetter(*(k for k in Sensor.model_fields if k not in _OWN_FIELDS))
+
+
+def config_key(s: Sensor) -> tuple[object, ...]:
+    """What a sensor's derived settings depend on, hashable: sensors with equal keys share them."""
+    return _CONFIG_FIELDS(s.__dict__)
+
+
 def _spec(
-    sid: int, s: Sensor, ent: str, town: str, district: str, grades: Mapping[str, int]
+    sid: int, s: Sensor, ent: str, town: str, district: str, grades: Mapping[str, int],
+    shared: dict[tuple[object, ...], dict[str, object]] | None = None,
 ) -> SensorSpec:
+    """``shared`` caches the derived settings by :func:`config_key` (start-up with 440,000 sensors)."""
+    if shared is None:
+        derived = _derived(s)
+    else:
+        key = config_key(s)
+        derived = shared.get(key)  # type: ignore[assignment]
+        if derived is None:
+            derived = shared[key] = _derived(s)
     return SensorSpec(
         id=sid,
         enterprise=ent,
         town=town,
         district=district,
         tag=s.tag,
-        kind=s.kind,
         name=s.name or s.tag,
+        hazard_source=s.hazard_source,
+        hazard_grade=grades.get(s.hazard_source) if s.hazard_source else None,
+        **derived,  # type: ignore[arg-type]
+    )
+
+
+def _derived(s: Sensor) -> dict[str, object]:
+    """The SensorSpec fields that follow from the sensor's configuration alone."""
+    return dict(
+        kind=s.kind,
         unit=s.unit or s.kind.default_unit,
         limits=effective_limits(s),
         gas=s.gas,
-        hazard_source=s.hazard_source,
-        hazard_grade=grades.get(s.hazard_source) if s.hazard_source else None,
         range_lo=s.range.lo if s.range else None,
         range_hi=s.range.hi if s.range else None,
         deadband=s.deadband,

@@ -51,15 +51,15 @@ class SensorKind(enum.StrEnum):
 
     @property
     def is_gas(self) -> bool:
-        return self in (SensorKind.GAS_COMBUSTIBLE, SensorKind.GAS_TOXIC, SensorKind.OXYGEN)
+        return self in _GAS
 
     @property
     def is_boolean(self) -> bool:
-        return self in (SensorKind.SPARK_DETECTOR, SensorKind.FAULT_SIGNAL, SensorKind.RUN_STATE)
+        return self in _BOOLEAN
 
     @property
     def needs_limits(self) -> bool:
-        return not self.is_gas and not self.is_boolean
+        return self not in _GAS and self not in _BOOLEAN
 
     @property
     def default_unit(self) -> str:
@@ -69,6 +69,10 @@ class SensorKind(enum.StrEnum):
     def zh(self) -> str:
         return _KIND_ZH[self]
 
+
+# sets, not tuples of members: asked once per sensor at start-up (a member lookup on the class is slow)
+_GAS = frozenset({SensorKind.GAS_COMBUSTIBLE, SensorKind.GAS_TOXIC, SensorKind.OXYGEN})
+_BOOLEAN = frozenset({SensorKind.SPARK_DETECTOR, SensorKind.FAULT_SIGNAL, SensorKind.RUN_STATE})
 
 _DEFAULT_UNITS = {
     SensorKind.GAS_COMBUSTIBLE: "%LEL", SensorKind.GAS_TOXIC: "mg/m3", SensorKind.OXYGEN: "%VOL",

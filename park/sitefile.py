@@ -50,22 +50,28 @@ class _Builder:
         self.problems: list[Problem] = []
         self._ctor = yaml.SafeLoader("")  # only its scalar constructors are used
         self._resolver = yaml.resolver.Resolver()
+        self._tags: dict[tuple[str, Any], str] = {}
 
     def build(self, events: Iterable[yaml.Event]) -> Any:
         stack: list[list[Any]] = []  # [container, its loc, pending key]
         anchors: dict[str, Any] = {}
         root: Any = None
+        # event types compared by identity, not isinstance: a national registry is millions of events
+        scalar_ev, map_ev, seq_ev, alias_ev = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent, \
+            yaml.AliasEvent
+        ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+        ev: Any
         for ev in events:
-            if isinstance(ev, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            et = type(ev)
+            if et in ends:
                 stack.pop()
                 continue
-            if not isinstance(ev, yaml.ScalarEvent | yaml.MappingStartEvent | yaml.SequenceStartEvent
-                              | yaml.AliasEvent):
+            if et is not scalar_ev and et is not map_ev and et is not seq_ev and et is not alias_ev:
                 continue  # stream and document boundaries
             line = ev.start_mark.line + 1 if ev.start_mark else 0
             parent = stack[-1] if stack else None
             if parent is not None and type(parent[0]) is dict and parent[2] is _NOKEY:
-                if not isinstance(ev, yaml.ScalarEvent):
+                if et is not scalar_ev:
                     raise _Abort(line, parent[1], "a key must be a plain word")
                 key = self._scalar(ev, line, parent[1])
                 k = key if isinstance(key, str) else str(key)
@@ -87,17 +93,17 @@ class _Builder:
                 if self.track:
                     self.lines[loc] = line
             value: Any
-            if isinstance(ev, yaml.MappingStartEvent):
+            if et is map_ev:
                 value = {}
-            elif isinstance(ev, yaml.SequenceStartEvent):
+            elif et is seq_ev:
                 value = []
-            elif isinstance(ev, yaml.AliasEvent):
+            elif et is alias_ev:
                 if ev.anchor not in anchors:
                     raise _Abort(line, loc, f"alias *{ev.anchor} has no anchor before it")
                 value = anchors[ev.anchor]
             else:
                 value = self._scalar(ev, line, loc)
-            if not isinstance(ev, yaml.AliasEvent) and ev.anchor:
+            if et is not alias_ev and ev.anchor:
                 anchors[ev.anchor] = value
             if parent is None:
                 root = value
@@ -107,14 +113,21 @@ class _Builder:
                 parent[2] = _NOKEY
             else:
                 parent[0].append(value)
-            if isinstance(ev, yaml.MappingStartEvent):
+            if et is map_ev:
                 stack.append([value, loc, _NOKEY])
-            elif isinstance(ev, yaml.SequenceStartEvent):
+            elif et is seq_ev:
                 stack.append([value, loc, None])
         return root
 
     def _scalar(self, ev: yaml.ScalarEvent, line: int, loc: Loc) -> Any:
-        tag = ev.tag if ev.tag and ev.tag != "!" else self._resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+        tag: str | None
+        if ev.tag and ev.tag != "!":
+            tag = ev.tag
+        else:  # the same words recur thousands of times (keys, kinds, units): resolve each once
+            key = (ev.value, ev.implicit)
+            tag = self._tags.get(key)
+            if tag is None:
+                tag = self._tags[key] = self._resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
         if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:timestamp":
             # timestamps stay text: durations and dates are parsed by the models, not by YAML
             value: Any = ev.value

@@ -56,7 +56,13 @@ class Threshold:
         specs = ctx.specs
         table: dict[tuple[float, ...], int] = {}
         cid = []
+        seen: dict[tuple[object, ...], int] = {}  # sensors sharing a configuration share its row
         for s in specs:
+            same = (s.limits, s.kind, s.deadband, s.on_delay, s.off_delay)
+            k = seen.get(same)
+            if k is not None:
+                cid.append(k)
+                continue
             if s.kind.is_boolean:
                 row: tuple[float, ...] = (np.nan, np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)
             else:
@@ -64,7 +70,8 @@ class Threshold:
                        s.deadband if s.deadband is not None else self._default_deadband(s),
                        (s.on_delay or cfg.on_delay).total_seconds(), (s.off_delay or cfg.off_delay).total_seconds())
             key = tuple(-1e300 if x != x else x for x in row)  # NaN never equals itself: key on a stand-in
-            cid.append(table.setdefault(key, len(table)))
+            k = seen[same] = table.setdefault(key, len(table))
+            cid.append(k)
         rows = np.array(list(table), np.float64).reshape(-1, 7) if table else np.zeros((0, 7))
         rows[rows == -1e300] = np.nan
         self.cid = np.array(cid, np.uint16 if len(table) < 65536 else np.int32)

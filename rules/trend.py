@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from park.model import EffectiveLimits
 from park.site import SensorKind
 from park.types import from_epoch_us
 from rules.base import F64, NEVER, Arrays, B, Context, Readings, arrays_nbytes, by_id
@@ -41,8 +42,16 @@ class Trend:
         self.th = threshold
         cfg = ctx.cfg
         specs = ctx.specs
+        has_limits: dict[EffectiveLimits, bool] = {}  # most sensors share their limits
+
+        def limited(lim: EffectiveLimits) -> bool:
+            found = has_limits.get(lim)
+            if found is None:
+                found = has_limits[lim] = bool(lim.items())
+            return found
+
         ok = [(not s.kind.is_boolean and s.kind is not SensorKind.POWER and s.trend_horizon is not None
-               and bool(s.limits.items())) for s in specs]
+               and limited(s.limits)) for s in specs]
         members = [i for i, good in enumerate(ok) if good]
         self.members = np.array(members, np.int32)
         self.slot = np.full(ctx.n, -1, np.int32)

@@ -11,8 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import SecretStr
-
+from park.redact import secret_values
 from park.settings import Settings
 from park.site import Site
 
@@ -21,24 +20,9 @@ _PARAMS = re.compile(r"(?i)\b(key|access_token|corpsecret|secret|password|token|
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/\s@]+):([^@/\s]+)@")
 
 
-def _secret_values(obj: Any) -> Iterable[str]:
-    """Every SecretStr inside a pydantic model tree."""
-    if isinstance(obj, SecretStr):
-        yield obj.get_secret_value()
-    elif hasattr(obj, "__pydantic_fields__"):
-        for name in type(obj).model_fields:
-            yield from _secret_values(getattr(obj, name))
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _secret_values(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _secret_values(v)
-
-
 class Redactor:
     def __init__(self, site: Site, settings: Settings, extra: Iterable[str] = ()) -> None:
-        values = set(_secret_values(site)) | set(extra)
+        values = secret_values(site) | set(extra)
         for s in (settings.database_url, settings.link_secret):
             if s is not None:
                 values.add(s.get_secret_value())

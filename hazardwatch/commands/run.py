@@ -11,8 +11,11 @@ from typing import Any
 
 from park.durations import parse_duration
 from park.errors import HazardwatchError, SiteFileError
+from park.proc import pause_collector, settle
 from park.settings import load_settings
 from park.sitefile import load_site
+
+GC_PAUSE_MAX = 600.0  # seconds the collector may stay paused at start-up, at the most
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    pause_collector()  # until the service runs (settle, below): start-up with a large registry
     try:
         site = load_site(args.config)
         settings = load_settings(site)
@@ -51,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         await preflight(settings, limit, say)
-        await run_service(settings, site)
+        # the collector resumes once the service runs, or after a while whatever happens
+        asyncio.get_running_loop().call_later(GC_PAUSE_MAX, settle)
+        await run_service(settings, site, on_ready=lambda _h: settle())
 
     return run_until_stopped(main())
 

@@ -11,7 +11,7 @@ import json
 
 from psycopg import AsyncConnection
 
-from park.model import Park, effective_limits
+from park.model import Park, config_key, effective_limits
 from park.site import Site
 
 
@@ -20,6 +20,7 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
     units: list[tuple[str, str, str, str | None, str]] = []
     sources: list[tuple[str, str, str, int]] = []
     sensors: list[tuple[str, str, str, str, str, str | None, str | None, str, str]] = []
+    shared: dict[tuple[object, ...], tuple[str, str, str | None, str, str]] = {}
     for d in site.districts:
         units.append((d.code, "district", d.name, None, "running"))
         for t in d.towns:
@@ -28,13 +29,17 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
                 units.append((e.code, "enterprise", e.name, t.code, e.state.value))
                 sources.extend((e.code, h.code, h.name, h.grade) for h in e.hazard_sources)
                 for s in e.sensors:
-                    lim = {k: v for k, v in effective_limits(s).items()}
-                    cfg = s.model_dump(mode="json", exclude={"tag", "kind", "name", "unit", "gas",
-                                                             "hazard_source", "limits"}, exclude_none=True)
-                    sensors.append((
-                        e.code, s.tag, s.kind.value, s.unit or s.kind.default_unit, s.name or s.tag,
-                        s.hazard_source, s.gas, json.dumps(lim), json.dumps(cfg, ensure_ascii=False),
-                    ))
+                    key = config_key(s)
+                    derived = shared.get(key)
+                    if derived is None:  # once per distinct configuration: most sensors share one
+                        lim = {k: v for k, v in effective_limits(s).items()}
+                        cfg = s.model_dump(mode="json", exclude={"tag", "kind", "name", "unit", "gas",
+                                                                 "hazard_source", "limits"}, exclude_none=True)
+                        derived = shared[key] = (s.kind.value, s.unit or s.kind.default_unit, s.gas,
+                                                 json.dumps(lim), json.dumps(cfg, ensure_ascii=False))
+                    kind, unit, gas, lim_json, cfg_json = derived
+                    sensors.append((e.code, s.tag, kind, unit, s.name or s.tag, s.hazard_source, gas,
+                                    lim_json, cfg_json))
     async with conn.transaction(), conn.cursor() as cur:
         # ON COMMIT DROP does not fire when the caller's transaction makes this one a savepoint
         await cur.execute("DROP TABLE IF EXISTS pg_temp._units, pg_temp._hs, pg_temp._sensors")
