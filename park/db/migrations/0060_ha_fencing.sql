@@ -36,3 +36,6 @@ CREATE TRIGGER commands_fence BEFORE INSERT OR UPDATE OR DELETE ON commands
     FOR EACH STATEMENT EXECUTE FUNCTION ha_fence();
 CREATE TRIGGER units_fence BEFORE INSERT OR UPDATE OR DELETE ON units
     FOR EACH STATEMENT EXECUTE FUNCTION ha_fence();
+-- the rule stage's learned state: a stepped-down leader's last snapshot must not overwrite the new one's
+CREATE TRIGGER rules_state_fence BEFORE INSERT OR UPDATE OR DELETE ON rules_state
+    FOR EACH STATEMENT EXECUTE FUNCTION ha_fence();
