@@ -128,7 +128,10 @@ class Leadership:
 
     @property
     def role(self) -> str:
-        return "leader" if self.may_act() else ("offline" if self.elector.role == "offline" else "standby")
+        """leader | standby | offline (no database) | starting — what this instance does right now."""
+        if self.may_act():
+            return "leader"
+        return "standby" if self.elector.role == "leader" else self.elector.role
 
     async def run(self, work: Callable[[Term], Coroutine[Any, Any, None]]) -> None:
         while True:

@@ -43,7 +43,7 @@ from hazardwatch.leadership import (
     fenced_sessions,
     is_fenced,
 )
-from hazardwatch.watchdog import HaMetrics
+from hazardwatch.watchdog import HaMetrics, Heartbeat, HeartbeatConfig, SystemdNotifier
 from ingest.service import IngestService
 from park import redact
 from park.clock import Clock, SystemClock
@@ -263,6 +263,20 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                           retry_every=min(1.0, settings.lease_ttl / 4))
         elector.listen(HaMetrics(registry))
         leadership = Leadership(elector)
+        notifier = SystemdNotifier()
+        heartbeat = Heartbeat(registry=registry, notifier=notifier, config=HeartbeatConfig.from_env(),
+                              status=lambda: f"{settings.instance}: {leadership.role}"
+                              + (f", epoch {leadership.term.epoch}" if leadership.term else ""))
+
+        readied: list[str] = []
+
+        def ready_once(role: str, term: Term | None, reason: str) -> None:
+            # systemd's READY=1 once the instance knows its role (standby or leader): the API serves then
+            if role in ("standby", "leader") and not readied:
+                readied.append(role)
+                notifier.ready(f"{settings.instance}: {role}")
+
+        elector.listen(ready_once)
         term_metrics = TermMetrics()
         registry.register(term_metrics)
         client = CommandClient(pool, instance=settings.instance)
@@ -317,7 +331,8 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                 tg.create_task(leadership.run(lead), name="leadership")
                 tg.create_task(supervise("command-outcomes", client.run, health), name="command-outcomes")
                 tg.create_task(supervise("journal", flusher.run, health), name="journal")
-                tg.create_task(supervise("heartbeat", beacon.run, health), name="heartbeat")
+                tg.create_task(supervise("instance-heartbeat", beacon.run, health), name="instance-heartbeat")
+                tg.create_task(supervise("watchdog", heartbeat.run, health), name="watchdog")
                 tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
         finally:
             journal.close()

@@ -193,3 +193,29 @@ def test_acknowledged_through_the_standby_the_leader_stops_escalating(
         pair.close()
     assert phones(sms, "AT-1") == [ENTERPRISE], "escalation of the acknowledged alarm went on"
     assert query(db, "SELECT acked_by FROM alarms WHERE tag = 'AT-1'") == [("值班员",)]
+
+
+def test_run_tells_systemd_it_is_ready_and_alive(make_database: Callable[..., str], mqtt_url: str,
+                                                 topic_prefix: str, tmp_path: Path, sms: VendorServer) -> None:
+    """``Type=notify`` with ``WatchdogSec`` (deploy/systemd): READY=1 once the role is known, then WATCHDOG=1."""
+    import socket
+
+    db = make_database("postgres", "hwha2")
+    config = tmp_path / "site.yaml"
+    config.write_text(site_text(sms.url), encoding="utf-8")
+    path = str(tmp_path / "notify.sock")
+    got: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        s.settimeout(60)
+        inst = start_instance("a", config, database_url=db, mqtt_url=mqtt_url, prefix=topic_prefix,
+                              workdir=tmp_path, extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+        try:
+            while not any(m.startswith("READY=1") for m in got):
+                got.append(s.recv(4096).decode())
+            ready = got[-1]
+            while not got[-1].startswith("WATCHDOG=1"):
+                got.append(s.recv(4096).decode())
+        finally:
+            inst.stop()
+    assert ready in ("READY=1\nSTATUS=a: standby", "READY=1\nSTATUS=a: leader"), got
