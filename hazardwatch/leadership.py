@@ -196,6 +196,8 @@ class ForwardedCommands:
         out = await self.client.submit(cmd)
         if out.applied:
             return
+        if out.state == "refused" and out.code == "unavailable":
+            raise Unavailable("database", out.reason or "the database is not reachable", retry_after=5)
         if out.state == "refused" and out.code == "not_found" and alarm_id is not None:
             raise AlarmNotFound(alarm_id)
         if out.state == "refused":
@@ -244,4 +246,8 @@ def command_handler(rules: RulesService) -> Callable[[Command], Awaitable[None]]
             raise CommandRefused("not_found", str(e)) from None
         except InvalidTransition as e:
             raise CommandRefused("invalid", str(e)) from None
+        except Unavailable as e:
+            # the leader's database write failed: the operator hears it at once (503), as with one
+            # instance, rather than after the command's deadline; the core was left as it was
+            raise CommandRefused("unavailable", str(e)) from None
     return handle
