@@ -27,3 +27,11 @@ class ChannelError(AlertingError):
         self.permanent = permanent
         self.rate_limited = rate_limited
         super().__init__(f"{channel}: {message}")
+
+
+class NotLeading(AlertingError):
+    """A message not sent because this instance no longer leads (another one took over, or will)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"message {key} not sent: this instance no longer leads")

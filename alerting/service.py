@@ -32,6 +32,7 @@ from alerting.channels.sms_tencent import TencentSms
 from alerting.channels.webhook import Webhook
 from alerting.channels.wecom_app import WecomApp
 from alerting.channels.wecom_robot import WecomRobot
+from alerting.errors import NotLeading
 from alerting.escalation import Escalator, Planned
 from alerting.links import LinkSigner
 from alerting.messages import Renderer
@@ -97,8 +98,10 @@ class AlertingService:
     def __init__(self, *, settings: Settings, park: Park, pool: AsyncConnectionPool, clock: Clock,
                  inbox: asyncio.Queue[AlarmEvent], registry: CollectorRegistry, signer: LinkSigner | None = None,
                  channels: dict[str, Channel] | None = None, gate: DbGate | None = None,
-                 health: Health | None = None, redact: Callable[[str], str] = lambda s: s) -> None:
+                 health: Health | None = None, redact: Callable[[str], str] = lambda s: s,
+                 may_send: Callable[[], bool] | None = None) -> None:
         self.settings = settings
+        self.may_send = may_send  # asked just before each message goes out (several instances: "do I lead?")
         self.park = park
         self.pool = pool
         self.clock = clock
@@ -216,7 +219,12 @@ class AlertingService:
         return list(await self._store_do("claim", lambda s: s.claim(now)))
 
     async def deliver(self, c: Claimed, now: datetime) -> str:
-        """Send one claimed message and record the attempt (in the store it came from, or the journal)."""
+        """Send one claimed message and record the attempt (in the store it came from, or the journal).
+
+        Raises ``NotLeading`` instead of sending when ``may_send`` says no: the message stays claimed
+        and the leader that took over sends it (with the same idempotency key)."""
+        if self.may_send is not None and not self.may_send():
+            raise NotLeading(c.key)
         d = await self.worker.send(c, now)
         extra = self.worker.fallback_rows(c, now) if d.fallback else []
         await self._record(c, now, d, extra)

@@ -35,16 +35,28 @@ from alerting import service as alerting_service
 from alerting.links import LinkSigner
 from alerting.service import AlertingService
 from hazardwatch.api import create_app
+from hazardwatch.leadership import (
+    ForwardedCommands,
+    Leadership,
+    TermMetrics,
+    command_handler,
+    fenced_sessions,
+    is_fenced,
+)
+from hazardwatch.watchdog import HaMetrics, Heartbeat, HeartbeatConfig, SystemdNotifier
 from ingest.service import IngestService
 from park import redact
 from park.clock import Clock, SystemClock
 from park.db import open_pool
+from park.db.cluster import Beacon
+from park.db.commands import CommandClient, CommandDispatcher
+from park.db.lease import Elector, Term
 from park.db.maintenance import configure_policies, run_maintenance
 from park.db.migrate import Edition, migrate
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
 from park.health import Health, StageState
-from park.journal import DbGate, Flusher, Journal
+from park.journal import DbGate, Flusher, Journal, is_transient
 from park.model import Park
 from park.proc import trim_memory
 from park.settings import Settings
@@ -82,6 +94,7 @@ class ServiceHandle:
     health: Health
     gate: DbGate
     flusher: Flusher
+    leadership: Leadership | None = None
 
 
 class _Server(uvicorn.Server):
@@ -137,6 +150,9 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
         except fatal:
             raise
         except Exception as e:
+            if is_fenced(e):
+                raise  # the term is over: the leader's stages end, nothing restarts them
+
             log.error("stage %s failed; restarting it in %.0f s", name, delay, exc_info=True)
             health.degraded(name, f"failed: {type(e).__name__}")
         health.restarted(name)
@@ -147,9 +163,11 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
 
 
 def journal_path(settings: Settings) -> Path:
-    """One journal per broker session (client id), in the data directory."""
+    """One journal per instance and broker session, in the data directory (two instances on one
+    host with one data directory must not share it)."""
     base = Path(settings.data_dir).expanduser() if settings.data_dir else Path.home() / ".local/share/hazardwatch"
-    return base / f"journal-{re.sub(r'[^A-Za-z0-9_.-]', '_', settings.mqtt_client_id)}.sqlite3"
+    name = f"{settings.mqtt_client_id}-{settings.instance}"
+    return base / f"journal-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.sqlite3"
 
 
 def service_redactor(site: Site, settings: Settings) -> redact.Redactor:
@@ -215,6 +233,7 @@ async def run_service(
 async def _run(settings: Settings, site: Site, clock: Clock, registry: CollectorRegistry, redactor: redact.Redactor,
                on_ready: Callable[[ServiceHandle], None] | None) -> None:
     assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
     health = Health()
     degraded_gauge(registry, health)
     try:
@@ -222,7 +241,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
     except Exception as e:
         raise ServiceError(f"the local journal {journal_path(settings)} cannot be opened ({e}); set "
                            "HAZARDWATCH_DATA_DIR to a writable directory") from e
-    async with open_pool(settings.database_url.get_secret_value(), min_size=2, max_size=16) as pool:
+    async with open_pool(url, min_size=2, max_size=16) as pool:
         async with pool.connection() as conn:
             edition, applied = await migrate(conn)
             park = await sync_registry(conn, site)
@@ -239,32 +258,97 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
             log.warning("the local journal holds %d entries from before the last stop: writing them now",
                         len(journal))
             await flusher.flush()  # before the stages restore from the database
-        readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = asyncio.Queue(maxsize=READINGS_QUEUE)
-        alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
-        ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry,
-                               clock=clock)
-        rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,
-                             registry=registry, gate=gate, health=health)
         signer = LinkSigner(await link_secret(pool, settings))
-        alerting = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=alarms_q,
-                                   registry=registry, signer=signer, gate=gate, health=health, redact=redactor)
-        app = create_app(park=park, pool=pool, commands=rules, settings=settings, registry=registry,
-                         readiness=lambda: ingest.connected, links=signer, clock=clock, health=health)
+        elector = Elector(url, settings.instance, ttl=settings.lease_ttl,
+                          retry_every=min(1.0, settings.lease_ttl / 4))
+        elector.listen(HaMetrics(registry))
+        leadership = Leadership(elector)
+        notifier = SystemdNotifier()
+        heartbeat = Heartbeat(registry=registry, notifier=notifier, config=HeartbeatConfig.from_env(),
+                              status=lambda: f"{settings.instance}: {leadership.role}"
+                              + (f", epoch {leadership.term.epoch}" if leadership.term else ""))
+
+        readied: list[str] = []
+
+        def ready_once(role: str, term: Term | None, reason: str) -> None:
+            # systemd's READY=1 once the instance knows its role (standby or leader): the API serves then
+            if role in ("standby", "leader") and not readied:
+                readied.append(role)
+                notifier.ready(f"{settings.instance}: {role}")
+
+        elector.listen(ready_once)
+        term_metrics = TermMetrics()
+        registry.register(term_metrics)
+        client = CommandClient(pool, instance=settings.instance)
+        current: dict[str, Any] = {}  # the current term's stages (empty on a standby)
         http_url = f"http://{settings.http_host}:{settings.http_port}"
+        app = create_app(park=park, pool=pool, commands=ForwardedCommands(client), settings=settings,
+                         registry=registry, readiness=lambda: current["ingest"].connected if current else True,
+                         links=signer, clock=clock, health=health)
+        beacon = Beacon(pool, settings.instance, http_url=http_url, role=lambda: (
+            leadership.role, leadership.term.epoch if leadership.term else None),
+            detail=lambda: {"mqtt_client_id": settings.mqtt_client_id, "terms": leadership.terms})
+        announced = False
+
+        async def lead(term: Term) -> None:
+            """The leader's stages for one term; cancelled when the term ends."""
+            nonlocal announced
+            await _flush_first(flusher, gate)  # an outage's alarms are in the database before the stages restore
+            treg = CollectorRegistry()  # a term's stages are new objects: their metrics too (TermMetrics)
+            async with open_pool(url, min_size=2, max_size=16, name="hazardwatch-leader", wait=False,
+                                 configure=fenced_sessions(term)) as tpool:
+                readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = \
+                    asyncio.Queue(maxsize=READINGS_QUEUE)
+                alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
+                ingest = IngestService(settings=settings, park=park, pool=tpool, sink=readings_q, registry=treg,
+                                       clock=clock)
+                rules = RulesService(park=park, pool=tpool, clock=clock, inbox=readings_q, outbox=alarms_q,
+                                     registry=treg, gate=gate, health=health)
+                alerting = AlertingService(settings=settings, park=park, pool=tpool, clock=clock, inbox=alarms_q,
+                                           registry=treg, signer=signer, gate=gate, health=health, redact=redactor,
+                                           may_send=leadership.may_act)
+                dispatcher = CommandDispatcher(tpool, command_handler(rules), instance=settings.instance, term=term)
+                term_metrics.current = treg
+                current.update(ingest=ingest, rules=rules, alerting=alerting)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(supervise("rules", rules.run, health), name="rules")
+                        tg.create_task(supervise("alerting", alerting.run, health), name="alerting")
+                        tg.create_task(supervise("ingest", ingest.run, health), name="ingest")
+                        tg.create_task(supervise("commands", dispatcher.run, health), name="commands")
+                        tg.create_task(supervise("maintenance", lambda: maintenance_loop(tpool, edition, site, clock),
+                                                 health), name="maintenance")
+                        handle = ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry,
+                                               http_url, health, gate, flusher, leadership)
+                        tg.create_task(_announce(handle, None if announced else on_ready), name="announce")
+                        announced = True
+                finally:
+                    term_metrics.current = None
+                    current.clear()
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(supervise("rules", rules.run, health), name="rules")
-                tg.create_task(supervise("alerting", alerting.run, health), name="alerting")
-                tg.create_task(supervise("ingest", ingest.run, health), name="ingest")
+                tg.create_task(supervise("lease", elector.run, health, fatal=(HazardwatchError,)), name="lease")
+                tg.create_task(leadership.run(lead), name="leadership")
+                tg.create_task(supervise("command-outcomes", client.run, health), name="command-outcomes")
                 tg.create_task(supervise("journal", flusher.run, health), name="journal")
+                tg.create_task(supervise("instance-heartbeat", beacon.run, health), name="instance-heartbeat")
+                tg.create_task(supervise("watchdog", heartbeat.run, health), name="watchdog")
                 tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
-                tg.create_task(supervise("maintenance", lambda: maintenance_loop(pool, edition, site, clock), health),
-                               name="maintenance")
-                handle = ServiceHandle(settings, park, pool, edition, ingest, rules, alerting, registry, http_url,
-                                       health, gate, flusher)
-                tg.create_task(_announce(handle, on_ready), name="announce")
         finally:
             journal.close()
+
+
+async def _flush_first(flusher: Flusher, gate: DbGate) -> None:
+    delay = 0.2
+    while not gate.up:
+        try:
+            await flusher.flush()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(5.0, delay * 2)
 
 
 async def _announce(h: ServiceHandle, on_ready: Callable[[ServiceHandle], None] | None) -> None:

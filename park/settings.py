@@ -28,6 +28,8 @@ from park.site import Site
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 DEFAULT_BACKFILL = timedelta(days=7)  # CONTRACT §1: older readings are rejected at the door
+DEFAULT_LEASE_TTL = 10.0  # seconds a leader that stopped renewing keeps the lease (park/db/lease.py)
+MIN_LEASE_TTL = 1.0
 # host[:port], a bracketed IPv6 address, or libpq's comma-separated host list
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[^,/?#@\[\]]*)?"  # any port text: checked later
 _AUTHORITY = re.compile(rf"^{_HOST}(?:,{_HOST})*$")
@@ -109,6 +111,8 @@ class EnvSettings(BaseSettings):
     mqtt_cert_file: str | None = None  # client certificate (PEM), when the broker asks for one
     mqtt_key_file: str | None = None  # its private key (PEM)
     backfill: str | None = None  # how old a reading may be and still be stored (default 7d)
+    instance: str | None = None  # this instance's name among several on one database (default: the host name)
+    lease_ttl: str | None = None  # how long a silent leader keeps the lease (default 10s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,8 @@ class Settings:
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
     backfill: timedelta = DEFAULT_BACKFILL
+    instance: str = field(default_factory=lambda: socket.gethostname()[:100])
+    lease_ttl: float = DEFAULT_LEASE_TTL
 
     @property
     def mqtt(self) -> MqttTarget:
@@ -179,6 +185,8 @@ class Settings:
             "http": f"{self.http_host}:{self.http_port}",
             "public_url": self.public_url,
             "backfill": str(self.backfill),
+            "instance": self.instance,
+            "lease_ttl": f"{self.lease_ttl:g}s",
         }
 
 
@@ -202,18 +210,50 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
             raise SettingsError("HAZARDWATCH_BACKFILL", str(e)) from None
         if backfill <= timedelta(0):
             raise SettingsError("HAZARDWATCH_BACKFILL", "must be longer than zero, e.g. 7d")
-    client_id = env.mqtt_client_id or (site.mqtt.client_id if site else None) or default_client_id()
+    client_id = env.mqtt_client_id or (site.mqtt.client_id if site else None) \
+        or default_client_id(db.get_secret_value() if db is not None else None)
+    lease_ttl = DEFAULT_LEASE_TTL
+    if env.lease_ttl:
+        try:
+            lease_ttl = parse_duration(env.lease_ttl).total_seconds()
+        except ValueError as e:
+            raise SettingsError("HAZARDWATCH_LEASE_TTL", str(e)) from None
+        if lease_ttl < MIN_LEASE_TTL:
+            raise SettingsError("HAZARDWATCH_LEASE_TTL", f"{env.lease_ttl!r} is too short: at least 1s, e.g. 10s")
+    instance = (env.instance or socket.gethostname()).strip()[:100]
+    if not instance:
+        raise SettingsError("HAZARDWATCH_INSTANCE", "must not be empty: a name for this instance, e.g. hw-a")
     prefix = (env.mqtt_prefix or (site.mqtt.prefix if site else None) or "hw/v1").strip("/")
     addr = env.http_addr or (site.http.addr if site else None) or DEFAULT_HTTP_ADDR
     host, port = parse_addr(addr)
     public = env.public_url or (site.http.public_url if site else None) or f"http://{host}:{port}"
     return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret,
-                    env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill)
+                    env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill, instance,
+                    lease_ttl)
 
 
-def default_client_id() -> str:
-    """Stable per host, so a restart resumes the same persistent broker session."""
+def default_client_id(database_url: str | None = None) -> str:
+    """The broker session's client id: the same for every instance of one database.
+
+    Only the leader connects, and a new leader must resume the old one's persistent session (its
+    queue carries the gap), so the id comes from the database's name, not from the host; a
+    restart resumes the same session too. Without a database: stable per host.
+    """
+    name = _database_name(database_url) if database_url else None
+    if name:
+        return f"hazardwatch-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"[:64]
     return f"hazardwatch-{socket.gethostname()}"[:64]
+
+
+def _database_name(url: str) -> str | None:
+    """The database name of a postgresql:// URL (``dbname=`` in its query wins), None if it has none."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        name = conninfo_to_dict(url).get("dbname")
+    except Exception:  # a URL psycopg cannot read is reported by whatever connects with it
+        return None
+    return str(name) if name else None
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from alerting.links import LinkSigner
-from hazardwatch.api import cluster
 from hazardwatch.api.app import create_app
 from hazardwatch.api.auth import create_token
 from hazardwatch.cli import main
@@ -145,7 +144,6 @@ def test_cluster_route_is_for_the_duty_room_only(db_url: str) -> None:
             app = create_app(park=park, pool=pool, commands=None,  # type: ignore[arg-type]  # no command here
                              settings=load_settings(site, EnvSettings(database_url=db_url)),
                              registry=CollectorRegistry(), readiness=lambda: True, links=LinkSigner(b"k" * 32))
-            app.include_router(cluster.router)  # the one line create_app will carry
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
                 r = await http.get("/api/v1/cluster", headers={"Authorization": f"Bearer {duty}"})
                 assert r.status_code == 200, r.text

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alerting.links import LinkSigner
-from hazardwatch.api import stream
+from hazardwatch.api import cluster, stream
 from hazardwatch.api.auth import FailureLimiter, TokenBook
 from hazardwatch.api.context import ApiContext, Commands
 from hazardwatch.api.limits import MAX_BODY, BodyLimit, OpsGuard
@@ -88,7 +88,7 @@ def create_app(*, park: Park, pool: AsyncConnectionPool, commands: Commands, set
                             headers={"Retry-After": "5"})
 
     for r in (ops.router, alarms.router, readings.router, units.router, handover.router, stream.router,
-              ack_links.router, board.router):
+              ack_links.router, board.router, cluster.router):
         app.include_router(r)
 
     app.add_middleware(BodyLimit, max_bytes=max_body)

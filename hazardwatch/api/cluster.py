@@ -1,6 +1,6 @@
 """``GET /api/v1/cluster``: leader, standbys, lease, instances, database — for the duty room.
 
-Mounted by ``create_app`` with one line (add ``cluster.router`` to its routers). The database
+Mounted by ``create_app`` on every instance. The database
 being away is answered 503 by the application's error mapping.
 """
 

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from park.site import EnterpriseState
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        # every text ends up in PostgreSQL (a command row, an alarm event): refused here with a clear 422,
+        # not by the database as a 503
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise ValueError("must not contain NUL (\\u0000) characters")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (no lone surrogate characters)") from None
+        return v
 
 
 class AckBody(Body):

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace, site_path: Path) -> None:
     for noisy in ("transitions", "amqtt", "pgserver"):  # their INFO lines would bury the demo's own output
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("hazardwatch.lease").setLevel(logging.ERROR)  # one instance: "leads, epoch N" says nothing
     warnings.filterwarnings("ignore", module="platformdirs")
     from hazardwatch.api.auth import create_token
     from hazardwatch.service import ServiceHandle, run_service

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -49,7 +50,7 @@ class Pool(AsyncConnectionPool):
 @asynccontextmanager
 async def open_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, name: str = "hazardwatch", wait: bool = True,
-    open_timeout: float = 30.0,
+    open_timeout: float = 30.0, configure: Callable[[AsyncConnection], Awaitable[None]] | None = None,
 ) -> AsyncIterator[AsyncConnectionPool]:
     """An open async pool; ``wait=False`` lets the service start while the database is down.
 
@@ -75,6 +76,7 @@ async def open_pool(
         kwargs={"autocommit": False, "application_name": name,
                 **{k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}},
         reconnect_timeout=RECONNECT_TIMEOUT,
+        configure=configure,
     )
     try:
         await pool.open(wait=wait, timeout=open_timeout)
