@@ -93,17 +93,19 @@ async def latest_reading(conn: AsyncConnection, sensor_id: int) -> dict[str, Any
 
 
 async def enterprises(conn: AsyncConnection, codes: list[str]) -> list[dict[str, Any]]:
-    """Each enterprise's state, gateway status, open alarms and the worst open severity."""
+    """Each enterprise's state, gateway status and measured clock offset, open alarms and the worst
+    open severity."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT u.code, u.name, u.parent_code AS town, u.state, u.state_since, u.state_by,"
-            " g.online, g.since AS online_since,"
+            " g.online, g.since AS online_since, c.offset_s AS clock_offset_s, c.measured_at AS clock_measured_at,"
             " (SELECT count(*) FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed') AS open_alarms,"
             f" (SELECT a.severity FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed'"
             f"  ORDER BY {SEVERITY_ORDER} DESC LIMIT 1) AS worst,"
             " EXISTS (SELECT 1 FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed'"
             "  AND a.rule IN ('comm_loss', 'stale')) AS stale"
             " FROM units u LEFT JOIN gateway_status g ON g.enterprise_code = u.code"
+            " LEFT JOIN gateway_clocks c ON c.enterprise_code = u.code"
             " WHERE u.code = ANY(%s) ORDER BY u.code", (codes,))
         return await cur.fetchall()
 

@@ -87,6 +87,29 @@ function visible(a) {
   const t = $("f-town").value, e = $("f-ent").value;
   return a.state !== "closed" && (!t || a.town === t) && (!e || a.enterprise === e);
 }
+function dur(sec) {
+  const s = Math.round(Math.abs(sec));
+  if (s < 60) return `${s} 秒`;
+  if (s < 3600) return `${Math.round(s / 60)} 分钟`;
+  const m = Math.round(s / 60);
+  return `${Math.floor(m / 60)} 小时` + (m % 60 ? ` ${m % 60} 分钟` : "");
+}
+// the gateway clock as people read it: "网关时钟慢 10 分钟（超出允许 ±2 分钟）"
+function clockText(e) {
+  if (e.clock_offset_s === null || e.clock_offset_s === undefined) return "网关时钟：尚未测得";
+  const off = e.clock_offset_s, which = off < 0 ? "慢" : "快";
+  if (e.clock_wrong) return `网关时钟${which} ${dur(off)}（超出允许 ±${dur(e.clock_skew_max_s)}，请校准）`;
+  return Math.abs(off) < 1 ? "网关时钟准确" : `网关时钟正常（${which} ${dur(off)}）`;
+}
+const ENT_STATE = {running: "正常生产", stopped: "停产", maintenance: "检维修"};
+async function drawEnt() {
+  const code = $("f-ent").value, box = $("ent-info");
+  if (!code) { box.hidden = true; return; }
+  const e = (await api("/api/v1/enterprises")).find(x => x.code === code);
+  if (!e || $("f-ent").value !== code) return;
+  box.innerHTML = `<b>${esc(e.name)}</b> · ${ENT_STATE[e.state] || esc(e.state)} · ${e.online === false ? "网关离线" : e.online ? "网关在线" : "网关状态未知"}${e.stale ? " · 数据中断" : ""} · <span id="ent-clock" class="${e.clock_wrong ? "warnx" : ""}">${esc(clockText(e))}</span> · 未关闭预警 ${e.open_alarms}`;
+  box.hidden = false;
+}
 function badge(sev) { const s = SEV[sev]; return `<span class="badge b-${sev}">${s[3]} ${s[0]}·${s[1]}</span>`; }
 function point(a) {
   if (a.members && a.members.length) return (a.hazard_source ? esc(a.hazard_source.name) + "：" : "") + a.members.map(m => esc(m.name)).join("、");
@@ -243,13 +266,14 @@ async function drawMap() {
   const ents = m.enterprises.map(e => {
     const cls = `ent w-${e.worst || "none"} ${e.stale ? "stale" : ""}`;
     const mark = e.worst ? SEV[e.worst][3] : "";
-    return `<g class="${cls}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}</text></g>`;
+    const tip = `${e.name}${e.worst ? " · 最高 " + SEV[e.worst][0] + "预警" : " · 正常"}${e.open_alarms ? ` · 未关闭 ${e.open_alarms} 条` : ""}${e.stale ? " · 数据中断" : ""}\n${clockText(e)}`;
+    return `<g class="${cls}${e.clock_wrong ? " clock-wrong" : ""}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><title>${esc(tip)}</title><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}</text></g>`;
   }).join("");
   svg.innerHTML = towns + ents;
 }
 $("map").addEventListener("click", ev => {
   const g = ev.target.closest("g.ent"); if (!g) return;
-  $("f-ent").value = g.dataset.ent; show("list");
+  $("f-ent").value = g.dataset.ent; show("list"); drawEnt().catch(() => {});
 });
 
 // --- 交接班 -------------------------------------------------------------------------------------
@@ -286,7 +310,8 @@ function show(v) {
   render();
 }
 document.querySelectorAll("#views button").forEach(b => { b.onclick = () => show(b.dataset.view); });
-$("f-town").onchange = $("f-ent").onchange = render;
+$("f-town").onchange = render;
+$("f-ent").onchange = () => { render(); drawEnt().catch(() => {}); };
 $("b-wall").onclick = () => document.body.classList.toggle("wall");
 $("b-logout").onclick = () => logout();
 function logout(msg) {
