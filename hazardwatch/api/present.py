@@ -15,6 +15,7 @@ from hazardwatch.api.context import jsonable
 from park.model import Park, SensorSpec
 from park.types import LEVELS, to_shanghai
 from park.units import format_rate, format_value, precision_for, unit_text
+from park.wording import alarm_text
 
 LEVEL_ZH = {"enterprise": "企业", "town": "镇/街道", "district": "区"}
 CHANNEL_ZH = {"sms": "短信", "wecom": "企业微信", "wecom_robot": "企业微信群", "webhook": "平台推送",
@@ -67,7 +68,7 @@ def explain(row: dict[str, Any], spec: SensorSpec | None, members: list[dict[str
         return (f"{name}变化过快：每分钟 {format_rate(per, prec, unit)}，"
                 f"限值每分钟 {format_rate(lim, prec, unit)}")
     if rule == "trend":
-        eta = d.get("eta_seconds")
+        eta = d.get("eta_s", d.get("eta_seconds"))
         mins = f"约 {round(float(eta) / 60)} 分钟后" if isinstance(eta, int | float) else "不久后"
         return (f"{name}趋势预警：当前 {format_value(v, prec, unit)}，按当前速率{mins}"
                 f"达到限值 {format_value(lim, prec, unit)}")
@@ -76,6 +77,11 @@ def explain(row: dict[str, Any], spec: SensorSpec | None, members: list[dict[str
         who = "、".join(m["name"] for m in members) or "多个探测器"
         k = int(lim) if isinstance(lim, int | float) else 2
         return f"{where}：{len(members) or k} 个气体探测器同时报警（{who}），确认泄漏"
+    if rule and (d.get("name") or d.get("tag")):
+        # every other rule in the one wording the messages use, at this sensor's precision; the
+        # board marks late data itself, so without the notes
+        return alarm_text(rule, {k: x for k, x in d.items() if k != "backfilled"}
+                          | {"precision": prec, "unit": unit}, v, lim)
     return str(row.get("message") or "")
 
 
