@@ -85,6 +85,15 @@ async def readings(conn: AsyncConnection, sensor_id: int, start: datetime, end: 
         return res, await cur.fetchall()
 
 
+async def backfills(conn: AsyncConnection, sensor_id: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The backfills (late arrivals) of one sensor that overlap [start, end), oldest first."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT start_ts AS start, end_ts AS end, received_at, n FROM reading_backfills"
+                          " WHERE sensor_id = %s AND end_ts >= %s AND start_ts < %s ORDER BY start_ts LIMIT 1000",
+                          (sensor_id, start, end))
+        return await cur.fetchall()
+
+
 async def latest_reading(conn: AsyncConnection, sensor_id: int) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT ts, value, quality FROM readings WHERE sensor_id = %s ORDER BY ts DESC LIMIT 1",

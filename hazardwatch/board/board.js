@@ -160,7 +160,16 @@ function chart(points, limits, prec) {
   const names = {hh: "高高", h: "高", l: "低", ll: "低低"};
   const limLines = Object.entries(limits || {}).map(([k, v]) => `<line x1="${P}" x2="${W - P}" y1="${y(v)}" y2="${y(v)}" stroke="${k.length === 2 ? "#ff5252" : "#ffb74d"}" stroke-dasharray="5 4"/><text x="${W - P - 2}" y="${y(v) - 3}" fill="#ccc" font-size="11" text-anchor="end">${names[k] || k} ${Number(v).toFixed(prec)}</text>`).join("");
   const last = points[points.length - 1];
-  return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${limLines}<path d="${line}" fill="none" stroke="#8fd3ff" stroke-width="2"/><circle cx="${x(last.ts)}" cy="${y(last.value)}" r="4" fill="#8fd3ff"/></svg>`;
+  // readings that arrived late (a gateway's backfill, 断点续传) are drawn apart: hollow orange marks
+  const late = points.filter(p => p.backfilled && p.value !== null).map(p => `<circle class="late" cx="${x(p.ts).toFixed(1)}" cy="${y(p.value).toFixed(1)}" r="3" fill="none" stroke="#ffb74d" stroke-width="1.5"/>`).join("");
+  return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${limLines}<path d="${line}" fill="none" stroke="#8fd3ff" stroke-width="2"/>${late}<circle cx="${x(last.ts)}" cy="${y(last.value)}" r="4" fill="#8fd3ff"/></svg>`;
+}
+// which part of the chart arrived late, in words: "补传数据：08:00:05—08:59:55 共 720 个读数，10:02:11 才到达"
+function lateNote(spans) {
+  if (!spans.length) return "";
+  const n = spans.reduce((k, b) => k + b.n, 0);
+  const items = spans.slice(-5).map(b => `<li>${hms(new Date(b.start))}—${hms(new Date(b.end))} 共 ${b.n} 个读数，${hms(new Date(b.received_at))} 才到达（迟到 ${dur((new Date(b.received_at) - new Date(b.end)) / 1000)}）</li>`).join("");
+  return `<div class="late-note"><span class="tagx">补传数据</span> 图中空心橙点为网关断线后补传的读数（共 ${n} 个），不是实时到达的：<ul>${items}</ul></div>`;
 }
 async function openDetail(id, push = true) {
   const d = await api(`/api/v1/alarms/${id}`);
@@ -173,13 +182,15 @@ async function openDetail(id, push = true) {
     const end = new Date(Math.min(Date.now() + 60e3, newest)), start = new Date(end.getTime() - 3600e3);
     try {
       const r = await api(`/api/v1/sensors/${d.sensor.id}/readings?start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}`);
-      trend = chart(r.points, r.sensor.limits, r.sensor.precision);
+      trend = chart(r.points, r.sensor.limits, r.sensor.precision) + lateNote(r.backfills || []);
     } catch (e) { trend = `<p class="muted">读数暂不可用。</p>`; }
   }
   const hs = d.hazard_source ? `${esc(d.hazard_source.name)}${d.hazard_source.grade ? `（${["", "一", "二", "三", "四"][d.hazard_source.grade]}级重大危险源）` : ""}` : "—";
   const now = d.sensor && d.sensor.latest ? `<span class="big">${esc(d.sensor.latest.text)}</span> <span class="muted">${fmt(d.sensor.latest.ts)}</span>` : (d.value_text ? `<span class="big">${esc(d.value_text)}</span>` : "—");
   const who = d.responsible.map(u => `<li><b>${esc(u.level_zh)} · ${esc(u.unit_name)}</b>：${u.contacts.length ? u.contacts.map(c => `${esc(c.name)} ${c.phone ? `<a class="tel" href="tel:${esc(c.phone)}">☎ ${esc(c.phone)}</a>` : ""}`).join("；") : '<span class="muted">未登记联系人</span>'}</li>`).join("");
-  const tl = d.timeline.map(t => `<li class="${t.kind === "notification" ? (t.delivered ? "ok" : "fail") : ""}">${esc(t.time || fmt(t.ts))} ${esc(t.text)}</li>`).join("");
+  const tl = d.timeline.map(t => t.kind === "unreachable"
+    ? `<li class="fail unreachable"><span class="tagx bad">✖ 未能送达</span> ${esc(t.time || fmt(t.ts))} ${esc(t.text.replace(/^未能送达：/, ""))}</li>`
+    : `<li class="${t.kind === "notification" ? (t.delivered ? "ok" : "fail") : ""}">${esc(t.time || fmt(t.ts))} ${esc(t.text)}</li>`).join("");
   const open = d.state !== "closed";
   $("detail").innerHTML = `<button class="close" id="d-close">关闭 ✕</button>
     <h2>${badge(d.severity)} ${esc(d.enterprise_name)}</h2>
@@ -267,7 +278,7 @@ async function drawMap() {
     const cls = `ent w-${e.worst || "none"} ${e.stale ? "stale" : ""}`;
     const mark = e.worst ? SEV[e.worst][3] : "";
     const tip = `${e.name}${e.worst ? " · 最高 " + SEV[e.worst][0] + "预警" : " · 正常"}${e.open_alarms ? ` · 未关闭 ${e.open_alarms} 条` : ""}${e.stale ? " · 数据中断" : ""}\n${clockText(e)}`;
-    return `<g class="${cls}${e.clock_wrong ? " clock-wrong" : ""}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><title>${esc(tip)}</title><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}</text></g>`;
+    return `<g class="${cls}${e.clock_wrong ? " clock-wrong" : ""}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><title>${esc(tip)}</title><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}${e.clock_wrong ? " · 时钟偏差" : ""}</text></g>`;
   }).join("");
   svg.innerHTML = towns + ents;
 }
