@@ -135,7 +135,7 @@ function render() {
     const shelved = a.shelved_until && new Date(a.shelved_until) > new Date();
     return `<tr data-id="${a.id}" class="sev-${a.severity} ${a.state === "active_unacked" ? "unacked" : ""} ${a._new ? "new" : ""}">
       <td>${badge(a.severity)}</td><td class="val">${fmt(a.raised_at)}</td><td>${esc(a.enterprise_name || a.enterprise)}</td>
-      <td>${point(a)}</td><td>${esc(a.text || a.message)}${a.backfilled ? ' <span class="tagx">补录数据</span>' : ""}${shelved ? ' <span class="tagx">已搁置</span>' : ""}${a.suppressed ? ' <span class="tagx">已抑制</span>' : ""}</td>
+      <td>${point(a)}</td><td>${esc(a.text || a.message)}${a.backfilled ? ' <span class="tagx">补传数据</span>' : ""}${shelved ? ' <span class="tagx">已搁置</span>' : ""}${a.suppressed ? ' <span class="tagx">已抑制</span>' : ""}</td>
       <td class="val">${esc(a.value_text || "")}</td>
       <td>${STATE[a.state] || a.state}${a.acked_by ? "<br><small>" + esc(a.acked_by) + "</small>" : ""}</td>
       <td class="esc">${lv}</td>
@@ -194,7 +194,7 @@ async function openDetail(id, push = true) {
   const open = d.state !== "closed";
   $("detail").innerHTML = `<button class="close" id="d-close">关闭 ✕</button>
     <h2>${badge(d.severity)} ${esc(d.enterprise_name)}</h2>
-    <p>${esc(d.text || d.message)}${d.backfilled ? ' <span class="tagx">由补录数据产生</span>' : ""}</p>
+    <p>${esc(d.text || d.message)}${d.backfilled ? ' <span class="tagx">由补传数据产生</span>' : ""}</p>
     <p class="muted">发生 ${fmt(d.raised_at)}${d.noticed_at ? ` · 系统发现 ${fmt(d.noticed_at)}` : ""} · ${STATE[d.state] || d.state}${d.acked_by ? ` · 确认人 ${esc(d.acked_by)}` : ""}</p>
     <h3>当前读数</h3><p>${now}${d.limit_text ? ` · 限值 ${esc(d.limit_text)}` : ""}</p>
     ${d.sensor ? `<h3>最近一小时 · ${esc(d.sensor.name)}（${esc(d.sensor.tag)}）</h3>${trend}` : ""}
