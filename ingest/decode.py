@@ -86,12 +86,47 @@ class Decoder:
         self.max_payload = max_payload
         self.backfill_us = int(backfill.total_seconds() * 1_000_000)
         self.clocks = ClockEstimator()
+        # what counts as a backfill when marking late readings (the rules' own bound, park.site)
+        self.late_us = int(park.site.alarm_management.backfill_after.total_seconds() * 1_000_000)
+        self.ent_codes = list(park.enterprises)
+        ent_pos = {e: k for k, e in enumerate(self.ent_codes)}
+        self.sensor_ent = np.full(max((s.id for s in park.sensors), default=0) + 1, -1, np.int32)
+        for s in park.sensors:
+            self.sensor_ent[s.id] = ent_pos.get(s.enterprise, -1)
         self.tags: dict[str, dict[str, int]] = {}
         for s in park.sensors:
             self.tags.setdefault(s.enterprise, {})[s.tag] = s.id
         for code in park.enterprises:
             self.tags.setdefault(code, {})
         self.last_seq: dict[str, int] = {}
+
+    def late_spans(self, batch: ReadingBatch) -> list[tuple[int, int, int, int]]:
+        """(sensor id, oldest µs, newest µs, count) of the readings in ``batch`` that arrived more than
+        ``backfill_after`` after their time, each gateway's measured clock offset removed — a gateway
+        whose clock is slow is not backfilling. Nothing when the batch is live (the usual case)."""
+        if not len(batch) or not batch.received_us:
+            return []
+        delay = batch.received_us - batch.ts_us
+        late = delay > self.late_us
+        if not late.any():
+            return []
+        sid = batch.sensor_id[late]
+        ts = batch.ts_us[late]
+        ent = self.sensor_ent[np.clip(sid, 0, len(self.sensor_ent) - 1)]
+        offsets = np.zeros(len(self.ent_codes) + 1, np.int64)
+        for e in map(int, np.unique(ent)):
+            est = self.clocks.estimate(self.ent_codes[e]) if e >= 0 else None
+            if est is not None:
+                offsets[e] = int(est * 1_000_000)
+        keep = delay[late] + offsets[ent] > self.late_us
+        if not keep.any():
+            return []
+        sid, ts = sid[keep], ts[keep]
+        order = np.lexsort((ts, sid))
+        sid, ts = sid[order], ts[order]
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+        ends = np.r_[starts[1:], len(sid)]
+        return [(int(sid[a]), int(ts[a]), int(ts[b - 1]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
 
     def decode(self, out: Decoded, topic: str, payload: bytes, received_us: int) -> None:
         """Decode one message into ``out``; anything wrong becomes a :class:`Reject`, never an exception."""

@@ -232,12 +232,13 @@ class IngestService:
         batch = _concat([w.batch for w in works if w.batch is not None])
         rejects = [r for w in works for r in w.decoded.rejects]
         statuses = [s for w in works for s in w.decoded.statuses]
+        late = [span for w in works if w.batch is not None for span in self.decoder.late_spans(w.batch)]
         n = len(batch) if batch is not None else 0
         delay = DB_RETRY_MIN
         while True:
             t0 = time.perf_counter()
             try:
-                new = await asyncio.to_thread(self._write, batch, rejects, statuses)
+                new = await asyncio.to_thread(self._write, batch, rejects, statuses, late)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 # two writers met on the same redelivered readings: not a fault, go again
                 await asyncio.sleep(random.uniform(0.0, 0.05))
@@ -263,11 +264,12 @@ class IngestService:
             self.metrics.duplicates.inc(n - new)
             return
 
-    def _write(self, batch: ReadingBatch | None, rejects: list[Reject], statuses: list[GatewayStatus]) -> int:
+    def _write(self, batch: ReadingBatch | None, rejects: list[Reject], statuses: list[GatewayStatus],
+               late: list[tuple[int, int, int, int]]) -> int:
         """In a worker thread, on a writer connection of its own."""
         assert self._writers_pool is not None
         with self._writers_pool.connection(timeout=10) as conn:
-            return write_batch(conn, batch, rejects, statuses, datetime.now(UTC))
+            return write_batch(conn, batch, rejects, statuses, datetime.now(UTC), late)
 
     def _count_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:

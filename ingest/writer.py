@@ -21,7 +21,7 @@ import numpy as np
 from psycopg import Connection, errors
 
 from ingest.decode import Reject
-from park.types import GatewayStatus, ReadingBatch
+from park.types import GatewayStatus, ReadingBatch, from_epoch_us
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix µs: binary timestamptz counts from there
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -49,13 +49,25 @@ def copy_payload(batch: ReadingBatch) -> bytes:
 
 
 def write_batch(conn: Connection, batch: ReadingBatch | None, rejects: Sequence[Reject],
-                statuses: Sequence[GatewayStatus], received_at: datetime) -> int:
-    """One transaction holding everything some messages carried; returns the readings new to the table."""
+                statuses: Sequence[GatewayStatus], received_at: datetime,
+                late: Sequence[tuple[int, int, int, int]] = ()) -> int:
+    """One transaction holding everything some messages carried; returns the readings new to the table.
+    ``late``: (sensor id, oldest µs, newest µs, count) of readings that arrived as a backfill."""
     with conn.transaction():
         new = write_readings(conn, batch)[0] if batch is not None else 0
         write_rejects(conn, rejects, received_at)
         write_statuses(conn, statuses)
+        write_backfills(conn, late, received_at)
     return new
+
+
+def write_backfills(conn: Connection, late: Sequence[tuple[int, int, int, int]], received_at: datetime) -> None:
+    if not late:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO reading_backfills (sensor_id, start_ts, end_ts, received_at, n) VALUES (%s, %s, %s, %s, %s)",
+            [(sid, from_epoch_us(a), from_epoch_us(b), received_at, n) for sid, a, b, n in late])
 
 
 def write_readings(conn: Connection, batch: ReadingBatch) -> tuple[int, bool]:

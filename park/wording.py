@@ -13,6 +13,7 @@ key                    meaning
 ``tag``                the enterprise's point tag (位号)
 ``unit``               the sensor's unit (``%LEL``, ``mg/m3``, ``m`` …)
 ``kind``               the sensor kind (park.site.SensorKind value)
+``precision``          decimals the sensor's values are shown with (park.units; else the kind's)
 ``hazard_source``      hazard source code; ``hazard_source_name`` its name (vote)
 ``enterprise_name``    the enterprise's name (enterprise alarms)
 ``level``              threshold level reached: ``HH`` ``H`` ``L`` ``LL``
@@ -43,6 +44,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from park.units import format_rate, format_value, precision_for
 
 _GENERIC = {2: "高高报", 1: "高报", -1: "低报", -2: "低低报"}
 _LEVELS = {"HH": 2, "H": 1, "L": -1, "LL": -2}
@@ -89,27 +92,33 @@ def _who(f: Mapping[str, Any]) -> str:
 
 
 def alarm_text(rule: str, facts: Mapping[str, Any], value: float | None = None, limit: float | None = None) -> str:
-    """The Chinese sentence for an alarm of ``rule`` with these facts, value and limit."""
+    """The Chinese sentence for an alarm of ``rule`` with these facts, value and limit; values are
+    rounded to the sensor's precision and written with their unit (park.units), as on the board."""
     f = facts
     unit = str(f.get("unit") or "")
-    u = f" {unit}" if unit else ""
+    prec = _precision(f)
+
+    def val(v: Any) -> str:
+        return format_value(_float(v), prec, unit)
+
     who = _who(f)
     if rule in ("high", "low"):
-        text = f"{who} {level_name(f.get('kind'), f.get('level'))}：{num(value)}{u}，限值 {num(limit)}{u}"
+        text = f"{who} {level_name(f.get('kind'), f.get('level'))}：{val(value)}，限值 {val(limit)}"
     elif rule == "trend":
         lvl = level_name(f.get("kind"), f.get("target_level"))
-        text = (f"{who} 趋势预警：按当前速率约 {duration(f.get('eta_s', 0))}后达到{lvl}限值 {num(limit)}{u}"
-                f"（当前 {num(value)}{u}）")
+        text = (f"{who} 趋势预警：按当前速率约 {duration(f.get('eta_s', 0))}后达到{lvl}限值 {val(limit)}"
+                f"（当前 {val(value)}）")
     elif rule == "rate":
         what = "下降过快" if f.get("direction") == "down" else "上升过快"
         per = abs(float(f.get("per_min", 0) or 0))
-        text = f"{who} {what}：{num(per)}{u}/分钟，限值 {num(limit)}{u}/分钟"
+        text = f"{who} {what}：{format_rate(per, prec, unit)}，限值 {format_rate(_float(limit), prec, unit)}"
     elif rule == "fault":
         cause = f.get("cause")
         if cause == "flatline":
             text = f"{who} 数值 {duration(f.get('flat_s', 0))}不变，疑似仪表卡死"
         elif cause == "out_of_range":
-            text = f"{who} 超出量程 {num(f.get('range_lo'))}–{num(f.get('range_hi'))}{u}：{num(value)}{u}"
+            lo = format_value(_float(f.get("range_lo")), prec)
+            text = f"{who} 超出量程 {lo}–{val(f.get('range_hi'))}：{val(value)}"
         else:
             text = f"{who} 仪表故障（质量位=坏值）"
     elif rule == "stale":
@@ -128,7 +137,7 @@ def alarm_text(rule: str, facts: Mapping[str, Any], value: float | None = None, 
     elif rule == "vote":
         cls = _KIND_CLASS.get(str(f.get("kind")), "气体")
         gas = str(f.get("gas_class", "")).partition(":")[2]
-        names = "、".join(map(str, f.get("detectors") or []))
+        names = "、".join(map(str, f.get("detector_names") or f.get("detectors") or []))
         source = f.get("hazard_source_name") or f.get("hazard_source", "")
         count = f"{f.get('above', num(value))}/{f.get('n', '')}"
         text = f"{source} {count} 个{gas}{cls}探测器同时报警（{names}），确认泄漏"
@@ -137,14 +146,28 @@ def alarm_text(rule: str, facts: Mapping[str, Any], value: float | None = None, 
     elif rule == "fault_signal":
         text = f"{who} 故障信号"
     elif rule == "power":
+        def kw(v: Any) -> str:
+            return format_value(_float(v), prec, "kW")
         if f.get("reason") == "over_capacity":
-            text = f"{who} 超核定负荷：{num(value)} kW > {num(f.get('approved_kw', limit))} kW"
+            text = f"{who} 超核定负荷：{kw(value)} > {kw(f.get('approved_kw', limit))}"
         else:
             when = "检修期间" if f.get("enterprise_state") == "maintenance" else "停产期间"
-            text = f"{who} {when}用电负荷 {num(value)} kW 超过停产基线 {num(f.get('threshold_kw'))} kW，疑似违规生产"
+            text = f"{who} {when}用电负荷 {kw(value)} 超过停产基线 {kw(f.get('threshold_kw'))}，疑似违规生产"
     else:
         text = f"{who} {rule}".strip()
     return text + notes(f)
+
+
+def _precision(f: Mapping[str, Any]) -> int:
+    own = f.get("precision")
+    return precision_for(f.get("kind"), own if isinstance(own, int) and not isinstance(own, bool) else None)
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def notes(facts: Mapping[str, Any]) -> str:

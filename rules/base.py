@@ -64,7 +64,8 @@ class Context:
     def facts(self, i: int) -> dict[str, Any]:
         """The facts every alarm of sensor ``i`` carries (park.wording)."""
         s = self.specs[i]
-        f: dict[str, Any] = {"name": s.display_name, "tag": s.tag, "unit": s.unit, "kind": s.kind.value}
+        f: dict[str, Any] = {"name": s.display_name, "tag": s.tag, "unit": s.unit, "kind": s.kind.value,
+                             "precision": s.precision}
         if s.hazard_source:
             f["hazard_source"] = s.hazard_source
         return f

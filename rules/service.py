@@ -36,7 +36,7 @@ from park.types import AlarmEvent, AlarmEventKind, GatewayClock, GatewayStatus, 
 from rules.engine import RuleEngine
 from rules.lifecycle import Alarm, Transition
 from rules.metrics import RulesMetrics
-from rules.store import load_open, load_state, message, persist, save_state
+from rules.store import load_open, load_state, message, persist, save_clocks, save_state
 
 log = logging.getLogger("hazardwatch.rules")
 # what ingest hands over: readings, gateway status, and (where ingest measures them) gateway clocks
@@ -44,6 +44,7 @@ Inbox = asyncio.Queue[ReadingBatch | GatewayStatus] | asyncio.Queue[ReadingBatch
 TICK_MAX = 5.0  # seconds between ticks at the most
 STAGE = "rules"
 ID_RESERVE = 200  # alarm ids kept in hand for an outage; refilled below half while the database answers
+CLOCKS_EVERY = 5.0  # seconds between writes of measured gateway clock offsets (for the API and board)
 DB_TIMEOUT = 2.0  # seconds a commit may wait for a connection before the journal takes over
 UNAVAILABLE = "数据库暂时不可用，操作未执行，请稍后重试（database unavailable; nothing was changed, retry shortly）"
 
@@ -65,6 +66,7 @@ class RulesService:
         self._lock = asyncio.Lock()
         self._ids: deque[int] = deque()
         self.restored = asyncio.Event()
+        self._clocks: dict[str, GatewayClock] = {}  # measured offsets not yet written
 
     async def restore(self) -> int:
         """Load open alarms (and enterprise states) so a restart raises nothing twice."""
@@ -94,6 +96,7 @@ class RulesService:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._snapshot_loop(), name="rules-snapshot")
+                tg.create_task(self._clocks_loop(), name="rules-clocks")
                 await self._judge_loop()
         finally:
             await self._final_snapshot()
@@ -118,6 +121,7 @@ class RulesService:
                         self.metrics.readings.inc(len(item))
                     elif isinstance(item, GatewayClock):
                         out = self.engine.on_clock(item)
+                        self._clocks[item.enterprise] = item
                         self.metrics.clock_offset.labels(item.enterprise).set(item.offset_s)
                     else:
                         # a status message carries no time of its own: judge it on this stage's clock,
@@ -163,9 +167,30 @@ class RulesService:
             await asyncio.sleep(every)
             await self.snapshot()
 
+    async def save_clocks(self) -> bool:
+        """Write the gateway clock offsets measured since the last write; False (kept for the next
+        round) if the database is away. A clock is a display, never a reason to hold up judging."""
+        if not self._clocks:
+            return True
+        clocks, self._clocks = self._clocks, {}
+        try:
+            async with self.pool.connection(timeout=5) as conn, conn.transaction():
+                await save_clocks(conn, list(clocks.values()))
+        except Exception as e:
+            self._clocks = clocks | self._clocks  # newer measurements meanwhile win
+            log.warning("saving gateway clock offsets failed (%s); retrying shortly", e)
+            return False
+        return True
+
+    async def _clocks_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCKS_EVERY)
+            await self.save_clocks()
+
     async def _final_snapshot(self) -> None:
         try:
             async with asyncio.timeout(5):
+                await self.save_clocks()
                 await self.snapshot()
         except (TimeoutError, asyncio.CancelledError):
             log.warning("no learned-state snapshot at shutdown: the database did not answer in time")

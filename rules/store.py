@@ -19,7 +19,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from park.types import AlarmEventKind as K
-from park.types import Severity
+from park.types import GatewayClock, Severity
 from park.wording import alarm_text
 from rules.lifecycle import ACTIVE_ACKED, ACTIVE_UNACKED, Alarm, Transition
 
@@ -127,6 +127,17 @@ async def save_state(conn: AsyncConnection, blobs: dict[str, bytes], now: dateti
             "INSERT INTO rules_state (name, saved_at, data) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET saved_at = excluded.saved_at, data = excluded.data",
             [(name, now, blob) for name, blob in blobs.items()],
+        )
+
+
+async def save_clocks(conn: AsyncConnection, clocks: Sequence[GatewayClock]) -> None:
+    """Keep each gateway's latest measured clock offset (one row per enterprise, never older over newer)."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO gateway_clocks (enterprise_code, offset_s, measured_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (enterprise_code) DO UPDATE SET offset_s = excluded.offset_s,"
+            " measured_at = excluded.measured_at WHERE gateway_clocks.measured_at <= excluded.measured_at",
+            [(c.enterprise, c.offset_s, c.ts) for c in clocks],
         )
 
 

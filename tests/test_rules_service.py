@@ -173,7 +173,7 @@ def test_each_event_row_records_its_own_moment_and_the_alarm_when_it_was_noticed
                                    " FROM alarm_events ORDER BY ts")
         assert [r[:5] for r in rows_] == [("raised", "yellow", 39.2, 25, "active_unacked"),
                                           ("upgraded", "orange", 54.6, 50, "active_unacked")]
-        assert rows_[0][5] == "G1 一级报警：39.2 %LEL，限值 25 %LEL（补传数据，迟到 1 小时）"
+        assert rows_[0][5] == "G1 一级报警：39.2 %LEL，限值 25.0 %LEL（补传数据，迟到 1 小时）"
         assert [(r[6], r[7]) for r in rows_] == [(T0, clock.now()), (T0 + timedelta(seconds=5), clock.now())]
         [(raised_at, noticed_at, detail)] = await rows(db_url, "SELECT raised_at, noticed_at, detail FROM alarms")
         assert (raised_at, noticed_at, detail["backfilled"], detail["delay_s"]) == (T0, clock.now(), True, 3600)

@@ -132,7 +132,7 @@ def test_the_event_of_a_backfilled_raise_carries_both_clocks() -> None:
     ev = to_event(t)
     assert (ev.ts, ev.noticed_at) == (at(0), at(3600))
     assert ev.detail["backfilled"] is True and ev.severity.value == "red" and ev.detail["state"] == "active_unacked"
-    assert ev.message == "CL 二级报警(2×OEL)：3 mg/m3，限值 2 mg/m3（补传数据，迟到 1 小时）"
+    assert ev.message == "CL 二级报警(2×OEL)：3.0 mg/m³，限值 2.0 mg/m³（补传数据，迟到 1 小时）"
 
 
 def test_escalation_of_a_one_hour_old_backfill_sends_one_message_per_recipient() -> None:
@@ -205,7 +205,7 @@ def test_each_event_carries_the_alarm_as_it_was_at_that_moment() -> None:
     assert (raised.kind.value, raised.severity.value, raised.value, raised.limit) == ("raised", "yellow", 39.2, 25)
     assert (upgraded.kind.value, upgraded.severity.value, upgraded.value, upgraded.limit) == (
         "upgraded", "orange", 54.6, 50)
-    assert alarm_text("high", raised.facts, raised.value, raised.limit) == "G1 一级报警：39.2 %LEL，限值 25 %LEL"
+    assert alarm_text("high", raised.facts, raised.value, raised.limit) == "G1 一级报警：39.2 %LEL，限值 25.0 %LEL"
 
 
 def test_closed_alarms_leave_every_per_alarm_table() -> None:

@@ -15,6 +15,7 @@ from hazardwatch.api.context import jsonable
 from park.model import Park, SensorSpec
 from park.types import LEVELS, to_shanghai
 from park.units import format_rate, format_value, precision_for, unit_text
+from park.wording import alarm_text, duration
 
 LEVEL_ZH = {"enterprise": "企业", "town": "镇/街道", "district": "区"}
 CHANNEL_ZH = {"sms": "短信", "wecom": "企业微信", "wecom_robot": "企业微信群", "webhook": "平台推送",
@@ -67,7 +68,7 @@ def explain(row: dict[str, Any], spec: SensorSpec | None, members: list[dict[str
         return (f"{name}变化过快：每分钟 {format_rate(per, prec, unit)}，"
                 f"限值每分钟 {format_rate(lim, prec, unit)}")
     if rule == "trend":
-        eta = d.get("eta_seconds")
+        eta = d.get("eta_s", d.get("eta_seconds"))
         mins = f"约 {round(float(eta) / 60)} 分钟后" if isinstance(eta, int | float) else "不久后"
         return (f"{name}趋势预警：当前 {format_value(v, prec, unit)}，按当前速率{mins}"
                 f"达到限值 {format_value(lim, prec, unit)}")
@@ -76,7 +77,19 @@ def explain(row: dict[str, Any], spec: SensorSpec | None, members: list[dict[str
         who = "、".join(m["name"] for m in members) or "多个探测器"
         k = int(lim) if isinstance(lim, int | float) else 2
         return f"{where}：{len(members) or k} 个气体探测器同时报警（{who}），确认泄漏"
+    if rule and (d.get("name") or d.get("tag")):
+        # every other rule in the one wording the messages use, at this sensor's precision; the
+        # board marks late data itself, so without the notes
+        return alarm_text(rule, {k: x for k, x in d.items() if k != "backfilled"}
+                          | {"precision": prec, "unit": unit}, v, lim)
     return str(row.get("message") or "")
+
+
+def clock_text(offset_s: Any) -> str | None:
+    """A gateway clock offset as people say it: "慢 10 分钟", "快 3 分钟"."""
+    if not isinstance(offset_s, int | float):
+        return None
+    return f"{'慢' if offset_s < 0 else '快'} {duration(abs(offset_s))}"
 
 
 def alarm_json(park: Park, row: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +110,14 @@ def alarm_json(park: Park, row: dict[str, Any]) -> dict[str, Any]:
         "precision": prec,
         "unit": unit,
         "unit_text": unit_text(unit),
-        "value_text": format_value(row.get("value"), prec, unit) if row.get("rule") != "vote" else None,
-        "limit_text": (format_value(row.get("limit"), prec, unit)
-                       if row.get("rule") not in ("vote", "rate") else
-                       format_rate(row.get("limit"), prec, unit) if row.get("rule") == "rate" else None),
+        "value_text": (None if row.get("rule") in ("vote", "comm_loss", "stale") else
+                       clock_text(row.get("value")) if row.get("rule") == "clock" else
+                       format_value(row.get("value"), prec, unit)),
+        "limit_text": (None if row.get("rule") in ("vote", "comm_loss", "stale") else
+                       format_rate(row.get("limit"), prec, unit) if row.get("rule") == "rate" else
+                       f"±{duration(float(row['limit']))}" if row.get("rule") == "clock"
+                       and isinstance(row.get("limit"), int | float) else
+                       format_value(row.get("limit"), prec, unit)),
         "hazard_source": hs,
         "members": members,
         "text": explain(row, spec, members, hs),
@@ -126,8 +143,20 @@ def timeline(park: Park, events: list[dict[str, Any]], notes: dict[str, Any]) ->
     out: list[dict[str, Any]] = []
     kinds = {"raised": "报警产生", "upgraded": "等级升高", "downgraded": "等级降低", "acked": "已确认",
              "cleared": "已恢复正常", "resolved": "已处置关闭", "shelved": "已搁置", "unshelved": "取消搁置",
-             "suppressed": "已抑制", "unsuppressed": "取消抑制", "chattering": "频繁报警"}
+             "suppressed": "已抑制", "unsuppressed": "取消抑制", "chattering": "频繁报警",
+             "flood_start": "预警泛滥开始", "flood_end": "预警泛滥结束"}
     for e in events:
+        if e["kind"] == "unreachable":
+            # alerting could not reach a contact and told the duty room (alerting.service)
+            d = e.get("detail") or {}
+            u = park.units.get(str(d.get("unit", "")))
+            ch = str(d.get("channel", ""))
+            out.append({"ts": e["ts"], "kind": "unreachable", "unit": d.get("unit"),
+                        "unit_name": u.name if u else d.get("unit"), "contact": d.get("contact"),
+                        "channel": ch, "channel_zh": CHANNEL_ZH.get(ch, ch), "delivered": False,
+                        "text": f"未能送达：{u.name if u else d.get('unit', '')} {d.get('contact', '')}"
+                                f"（{CHANNEL_ZH.get(ch, ch)}）始终未收到通知，已报告值班室，请电话联系"})
+            continue
         what = kinds.get(e["kind"], e["kind"])
         if e.get("by"):
             what += f"（{e['by']}）"
@@ -136,7 +165,9 @@ def timeline(park: Park, events: list[dict[str, Any]], notes: dict[str, Any]) ->
         u = park.units.get(a["unit"])
         step = str(a.get("step") or "")
         step_zh = STEP_ZH.get(step) or ("升级通知" if step.startswith("then") else
-                                        "重复提醒" if step.startswith("repeat") else step)
+                                        "重复提醒" if step.startswith("repeat") else
+                                        "未能送达报告" if step.startswith("unreachable") else
+                                        "合并通知" if step.startswith("flood") else step)
         out.append({"ts": a["ts"], "kind": "notification", "unit": a["unit"],
                     "unit_name": u.name if u else a["unit"], "level_zh": LEVEL_ZH.get(u.level, "") if u else "",
                     "contact": a["contact"], "channel": a["channel"],

@@ -85,6 +85,15 @@ async def readings(conn: AsyncConnection, sensor_id: int, start: datetime, end: 
         return res, await cur.fetchall()
 
 
+async def backfills(conn: AsyncConnection, sensor_id: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The backfills (late arrivals) of one sensor that overlap [start, end), oldest first."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT start_ts AS start, end_ts AS end, received_at, n FROM reading_backfills"
+                          " WHERE sensor_id = %s AND end_ts >= %s AND start_ts < %s ORDER BY start_ts LIMIT 1000",
+                          (sensor_id, start, end))
+        return await cur.fetchall()
+
+
 async def latest_reading(conn: AsyncConnection, sensor_id: int) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT ts, value, quality FROM readings WHERE sensor_id = %s ORDER BY ts DESC LIMIT 1",
@@ -93,17 +102,19 @@ async def latest_reading(conn: AsyncConnection, sensor_id: int) -> dict[str, Any
 
 
 async def enterprises(conn: AsyncConnection, codes: list[str]) -> list[dict[str, Any]]:
-    """Each enterprise's state, gateway status, open alarms and the worst open severity."""
+    """Each enterprise's state, gateway status and measured clock offset, open alarms and the worst
+    open severity."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT u.code, u.name, u.parent_code AS town, u.state, u.state_since, u.state_by,"
-            " g.online, g.since AS online_since,"
+            " g.online, g.since AS online_since, c.offset_s AS clock_offset_s, c.measured_at AS clock_measured_at,"
             " (SELECT count(*) FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed') AS open_alarms,"
             f" (SELECT a.severity FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed'"
             f"  ORDER BY {SEVERITY_ORDER} DESC LIMIT 1) AS worst,"
             " EXISTS (SELECT 1 FROM alarms a WHERE a.enterprise_code = u.code AND a.state <> 'closed'"
             "  AND a.rule IN ('comm_loss', 'stale')) AS stale"
             " FROM units u LEFT JOIN gateway_status g ON g.enterprise_code = u.code"
+            " LEFT JOIN gateway_clocks c ON c.enterprise_code = u.code"
             " WHERE u.code = ANY(%s) ORDER BY u.code", (codes,))
         return await cur.fetchall()
 

@@ -87,6 +87,29 @@ function visible(a) {
   const t = $("f-town").value, e = $("f-ent").value;
   return a.state !== "closed" && (!t || a.town === t) && (!e || a.enterprise === e);
 }
+function dur(sec) {
+  const s = Math.round(Math.abs(sec));
+  if (s < 60) return `${s} 秒`;
+  if (s < 3600) return `${Math.round(s / 60)} 分钟`;
+  const m = Math.round(s / 60);
+  return `${Math.floor(m / 60)} 小时` + (m % 60 ? ` ${m % 60} 分钟` : "");
+}
+// the gateway clock as people read it: "网关时钟慢 10 分钟（超出允许 ±2 分钟）"
+function clockText(e) {
+  if (e.clock_offset_s === null || e.clock_offset_s === undefined) return "网关时钟：尚未测得";
+  const off = e.clock_offset_s, which = off < 0 ? "慢" : "快";
+  if (e.clock_wrong) return `网关时钟${which} ${dur(off)}（超出允许 ±${dur(e.clock_skew_max_s)}，请校准）`;
+  return Math.abs(off) < 1 ? "网关时钟准确" : `网关时钟正常（${which} ${dur(off)}）`;
+}
+const ENT_STATE = {running: "正常生产", stopped: "停产", maintenance: "检维修"};
+async function drawEnt() {
+  const code = $("f-ent").value, box = $("ent-info");
+  if (!code) { box.hidden = true; return; }
+  const e = (await api("/api/v1/enterprises")).find(x => x.code === code);
+  if (!e || $("f-ent").value !== code) return;
+  box.innerHTML = `<b>${esc(e.name)}</b> · ${ENT_STATE[e.state] || esc(e.state)} · ${e.online === false ? "网关离线" : e.online ? "网关在线" : "网关状态未知"}${e.stale ? " · 数据中断" : ""} · <span id="ent-clock" class="${e.clock_wrong ? "warnx" : ""}">${esc(clockText(e))}</span> · 未关闭预警 ${e.open_alarms}`;
+  box.hidden = false;
+}
 function badge(sev) { const s = SEV[sev]; return `<span class="badge b-${sev}">${s[3]} ${s[0]}·${s[1]}</span>`; }
 function point(a) {
   if (a.members && a.members.length) return (a.hazard_source ? esc(a.hazard_source.name) + "：" : "") + a.members.map(m => esc(m.name)).join("、");
@@ -112,7 +135,7 @@ function render() {
     const shelved = a.shelved_until && new Date(a.shelved_until) > new Date();
     return `<tr data-id="${a.id}" class="sev-${a.severity} ${a.state === "active_unacked" ? "unacked" : ""} ${a._new ? "new" : ""}">
       <td>${badge(a.severity)}</td><td class="val">${fmt(a.raised_at)}</td><td>${esc(a.enterprise_name || a.enterprise)}</td>
-      <td>${point(a)}</td><td>${esc(a.text || a.message)}${a.backfilled ? ' <span class="tagx">补录数据</span>' : ""}${shelved ? ' <span class="tagx">已搁置</span>' : ""}${a.suppressed ? ' <span class="tagx">已抑制</span>' : ""}</td>
+      <td>${point(a)}</td><td>${esc(a.text || a.message)}${a.backfilled ? ' <span class="tagx">补传数据</span>' : ""}${shelved ? ' <span class="tagx">已搁置</span>' : ""}${a.suppressed ? ' <span class="tagx">已抑制</span>' : ""}</td>
       <td class="val">${esc(a.value_text || "")}</td>
       <td>${STATE[a.state] || a.state}${a.acked_by ? "<br><small>" + esc(a.acked_by) + "</small>" : ""}</td>
       <td class="esc">${lv}</td>
@@ -137,7 +160,16 @@ function chart(points, limits, prec) {
   const names = {hh: "高高", h: "高", l: "低", ll: "低低"};
   const limLines = Object.entries(limits || {}).map(([k, v]) => `<line x1="${P}" x2="${W - P}" y1="${y(v)}" y2="${y(v)}" stroke="${k.length === 2 ? "#ff5252" : "#ffb74d"}" stroke-dasharray="5 4"/><text x="${W - P - 2}" y="${y(v) - 3}" fill="#ccc" font-size="11" text-anchor="end">${names[k] || k} ${Number(v).toFixed(prec)}</text>`).join("");
   const last = points[points.length - 1];
-  return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${limLines}<path d="${line}" fill="none" stroke="#8fd3ff" stroke-width="2"/><circle cx="${x(last.ts)}" cy="${y(last.value)}" r="4" fill="#8fd3ff"/></svg>`;
+  // readings that arrived late (a gateway's backfill, 断点续传) are drawn apart: hollow orange marks
+  const late = points.filter(p => p.backfilled && p.value !== null).map(p => `<circle class="late" cx="${x(p.ts).toFixed(1)}" cy="${y(p.value).toFixed(1)}" r="3" fill="none" stroke="#ffb74d" stroke-width="1.5"/>`).join("");
+  return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${limLines}<path d="${line}" fill="none" stroke="#8fd3ff" stroke-width="2"/>${late}<circle cx="${x(last.ts)}" cy="${y(last.value)}" r="4" fill="#8fd3ff"/></svg>`;
+}
+// which part of the chart arrived late, in words: "补传数据：08:00:05—08:59:55 共 720 个读数，10:02:11 才到达"
+function lateNote(spans) {
+  if (!spans.length) return "";
+  const n = spans.reduce((k, b) => k + b.n, 0);
+  const items = spans.slice(-5).map(b => `<li>${hms(new Date(b.start))}—${hms(new Date(b.end))} 共 ${b.n} 个读数，${hms(new Date(b.received_at))} 才到达（迟到 ${dur((new Date(b.received_at) - new Date(b.end)) / 1000)}）</li>`).join("");
+  return `<div class="late-note"><span class="tagx">补传数据</span> 图中空心橙点为网关断线后补传的读数（共 ${n} 个），不是实时到达的：<ul>${items}</ul></div>`;
 }
 async function openDetail(id, push = true) {
   const d = await api(`/api/v1/alarms/${id}`);
@@ -150,17 +182,19 @@ async function openDetail(id, push = true) {
     const end = new Date(Math.min(Date.now() + 60e3, newest)), start = new Date(end.getTime() - 3600e3);
     try {
       const r = await api(`/api/v1/sensors/${d.sensor.id}/readings?start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}`);
-      trend = chart(r.points, r.sensor.limits, r.sensor.precision);
+      trend = chart(r.points, r.sensor.limits, r.sensor.precision) + lateNote(r.backfills || []);
     } catch (e) { trend = `<p class="muted">读数暂不可用。</p>`; }
   }
   const hs = d.hazard_source ? `${esc(d.hazard_source.name)}${d.hazard_source.grade ? `（${["", "一", "二", "三", "四"][d.hazard_source.grade]}级重大危险源）` : ""}` : "—";
   const now = d.sensor && d.sensor.latest ? `<span class="big">${esc(d.sensor.latest.text)}</span> <span class="muted">${fmt(d.sensor.latest.ts)}</span>` : (d.value_text ? `<span class="big">${esc(d.value_text)}</span>` : "—");
   const who = d.responsible.map(u => `<li><b>${esc(u.level_zh)} · ${esc(u.unit_name)}</b>：${u.contacts.length ? u.contacts.map(c => `${esc(c.name)} ${c.phone ? `<a class="tel" href="tel:${esc(c.phone)}">☎ ${esc(c.phone)}</a>` : ""}`).join("；") : '<span class="muted">未登记联系人</span>'}</li>`).join("");
-  const tl = d.timeline.map(t => `<li class="${t.kind === "notification" ? (t.delivered ? "ok" : "fail") : ""}">${esc(t.time || fmt(t.ts))} ${esc(t.text)}</li>`).join("");
+  const tl = d.timeline.map(t => t.kind === "unreachable"
+    ? `<li class="fail unreachable"><span class="tagx bad">✖ 未能送达</span> ${esc(t.time || fmt(t.ts))} ${esc(t.text.replace(/^未能送达：/, ""))}</li>`
+    : `<li class="${t.kind === "notification" ? (t.delivered ? "ok" : "fail") : ""}">${esc(t.time || fmt(t.ts))} ${esc(t.text)}</li>`).join("");
   const open = d.state !== "closed";
   $("detail").innerHTML = `<button class="close" id="d-close">关闭 ✕</button>
     <h2>${badge(d.severity)} ${esc(d.enterprise_name)}</h2>
-    <p>${esc(d.text || d.message)}${d.backfilled ? ' <span class="tagx">由补录数据产生</span>' : ""}</p>
+    <p>${esc(d.text || d.message)}${d.backfilled ? ' <span class="tagx">由补传数据产生</span>' : ""}</p>
     <p class="muted">发生 ${fmt(d.raised_at)}${d.noticed_at ? ` · 系统发现 ${fmt(d.noticed_at)}` : ""} · ${STATE[d.state] || d.state}${d.acked_by ? ` · 确认人 ${esc(d.acked_by)}` : ""}</p>
     <h3>当前读数</h3><p>${now}${d.limit_text ? ` · 限值 ${esc(d.limit_text)}` : ""}</p>
     ${d.sensor ? `<h3>最近一小时 · ${esc(d.sensor.name)}（${esc(d.sensor.tag)}）</h3>${trend}` : ""}
@@ -243,13 +277,14 @@ async function drawMap() {
   const ents = m.enterprises.map(e => {
     const cls = `ent w-${e.worst || "none"} ${e.stale ? "stale" : ""}`;
     const mark = e.worst ? SEV[e.worst][3] : "";
-    return `<g class="${cls}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}</text></g>`;
+    const tip = `${e.name}${e.worst ? " · 最高 " + SEV[e.worst][0] + "预警" : " · 正常"}${e.open_alarms ? ` · 未关闭 ${e.open_alarms} 条` : ""}${e.stale ? " · 数据中断" : ""}\n${clockText(e)}`;
+    return `<g class="${cls}${e.clock_wrong ? " clock-wrong" : ""}" data-ent="${esc(e.code)}" data-worst="${e.worst || ""}" data-stale="${e.stale}"><title>${esc(tip)}</title><circle cx="${e.x}" cy="${e.y}" r="18"/><text x="${e.x}" y="${e.y + 5}">${mark}</text><text x="${e.x}" y="${e.y + 36}">${esc(e.name)}${e.open_alarms ? `（${e.open_alarms}）` : ""}${e.stale ? " · 数据中断" : ""}${e.clock_wrong ? " · 时钟偏差" : ""}</text></g>`;
   }).join("");
   svg.innerHTML = towns + ents;
 }
 $("map").addEventListener("click", ev => {
   const g = ev.target.closest("g.ent"); if (!g) return;
-  $("f-ent").value = g.dataset.ent; show("list");
+  $("f-ent").value = g.dataset.ent; show("list"); drawEnt().catch(() => {});
 });
 
 // --- 交接班 -------------------------------------------------------------------------------------
@@ -286,7 +321,8 @@ function show(v) {
   render();
 }
 document.querySelectorAll("#views button").forEach(b => { b.onclick = () => show(b.dataset.view); });
-$("f-town").onchange = $("f-ent").onchange = render;
+$("f-town").onchange = render;
+$("f-ent").onchange = () => { render(); drawEnt().catch(() => {}); };
 $("b-wall").onclick = () => document.body.classList.toggle("wall");
 $("b-logout").onclick = () => logout();
 function logout(msg) {

@@ -33,10 +33,20 @@ async def whoami(p: Auth, ctx: Ctx) -> dict[str, Any]:
 @router.get("/api/v1/enterprises", summary="Enterprises in scope with their status", responses=AUTH_ERRORS)
 async def enterprises(p: Auth, ctx: Ctx) -> list[dict[str, Any]]:
     """Each enterprise: operating state (running / stopped / maintenance), gateway online, open
-    alarms, the worst open severity, and whether its data is stale."""
+    alarms, the worst open severity, whether its data is stale, and its gateway's measured clock
+    offset: `clock_offset_s` (gateway minus hazardwatch, seconds; null until measured),
+    `clock_measured_at`, `clock_skew_max_s` (the bound) and `clock_wrong` (beyond the bound)."""
     async with ctx.pool.connection() as conn:
         rows = await queries.enterprises(conn, p.enterprises(ctx.park))
-    return [jsonable(r) for r in rows]
+    return [jsonable(r | clock_fields(ctx.park, r)) for r in rows]
+
+
+def clock_fields(park: Park, row: dict[str, Any]) -> dict[str, Any]:
+    """The gateway clock as the board shows it: offset, the bound, and whether it is beyond."""
+    bound = park.site.alarm_management.clock_skew_max.total_seconds()
+    off = row.get("clock_offset_s")
+    return {"clock_offset_s": off, "clock_measured_at": row.get("clock_measured_at"), "clock_skew_max_s": bound,
+            "clock_wrong": off is not None and abs(off) > bound}
 
 
 @router.put("/api/v1/enterprises/{code}/status", summary="Set an enterprise's operating state",
@@ -86,7 +96,8 @@ def layout(park: Park, codes: list[str]) -> dict[str, Any]:
 async def park_map(p: Auth, ctx: Ctx) -> dict[str, Any]:
     """Enterprises on the site plan with the worst open alarm, open count, and whether the gateway
     is offline or the data stale. Positions come from the site file (`map: {x, y}` on an
-    enterprise, plan size in `site.map`); without them, a grid grouped by town (`auto: true`)."""
+    enterprise, plan size in `site.map`); without them, a grid grouped by town (`auto: true`). Each
+    enterprise also carries its gateway's measured clock offset (`clock_offset_s`, `clock_wrong`)."""
     codes = p.enterprises(ctx.park)
     async with ctx.pool.connection() as conn:
         status = {r["code"]: r for r in await queries.enterprises(conn, codes)}
@@ -95,5 +106,5 @@ async def park_map(p: Auth, ctx: Ctx) -> dict[str, Any]:
         st = status.get(e["code"]) or {}
         e |= {"worst": st.get("worst"), "open_alarms": st.get("open_alarms", 0),
               "online": st.get("online"), "stale": bool(st.get("stale")) or st.get("online") is False,
-              "state": st.get("state")}
+              "state": st.get("state")} | clock_fields(ctx.park, st)
     return out
