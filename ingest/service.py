@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -34,10 +33,11 @@ from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
 from ingest.metrics import IngestMetrics
 from ingest.transport import Message, MqttTransport
 from ingest.writer import write_batch
+from park.clock import Clock, SystemClock
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
-from park.types import GatewayClock, GatewayStatus, ReadingBatch, from_epoch_us
+from park.types import GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 
 log = logging.getLogger("hazardwatch.ingest")
 
@@ -80,8 +80,12 @@ class IngestService:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         health: Health | None = None,
         writers: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        # hazardwatch's time: arrival stamps, the door's bounds, clock offsets, lag — the same clock
+        # the rules tick on, so liveness and escalation agree with what ingest saw
+        self.clock = clock or SystemClock()
         self.pool = pool
         self.sink = sink
         self.health = health
@@ -89,7 +93,7 @@ class IngestService:
         self.metrics = IngestMetrics(registry)
         self.decoder = Decoder(park, settings.mqtt_prefix, max_payload, settings.backfill)
         self.transport = MqttTransport(settings.mqtt, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#",
-                                       metrics=self.metrics, health=health)
+                                       metrics=self.metrics, health=health, clock=self.clock)
         self._pending: list[_Work] = []
         self._work = asyncio.Event()  # there is pending work
         self._seq = 0
@@ -154,7 +158,7 @@ class IngestService:
             self.metrics.messages.inc(len(messages))
             if batch is not None:
                 self.metrics.readings.inc(len(batch))
-                self.metrics.lag.set(time.time() - float(batch.ts_us.max()) / 1e6)
+                self.metrics.lag.set((epoch_us(self.clock.now()) - int(batch.ts_us.max())) / 1e6)
             if out.seq_gaps:
                 self.metrics.seq_gaps.inc(out.seq_gaps)
             if out.rejects:
@@ -174,7 +178,7 @@ class IngestService:
         """Gateway clock offsets, to the rules and the metric: when one moves, or about once a minute."""
         while True:
             await asyncio.sleep(CLOCK_EVERY)
-            now_us = time.time_ns() // 1000
+            now_us = epoch_us(self.clock.now())
             for ent, offset in self.decoder.clocks.due(now_us):
                 self.metrics.clock_offset.labels(ent).set(offset)
                 if self.sink is not None:
@@ -258,7 +262,7 @@ class IngestService:
         """In a worker thread, on a writer connection of its own."""
         assert self._writers_pool is not None
         with self._writers_pool.connection(timeout=10) as conn:
-            return write_batch(conn, batch, rejects, statuses, datetime.now(UTC))
+            return write_batch(conn, batch, rejects, statuses, self.clock.now())
 
     def _count_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:

@@ -35,15 +35,16 @@ import random
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from ingest.metrics import IngestMetrics
+from park.clock import Clock, SystemClock
 from park.health import Health
 from park.settings import MqttTarget
+from park.types import epoch_us
 
 log = logging.getLogger("hazardwatch.ingest.mqtt")
 
@@ -186,8 +187,10 @@ class MqttTransport:
         max_held_bytes: int = MAX_HELD_BYTES,
         qos0_limit: int = QOS0_LIMIT,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         self.target = target
+        self.clock = clock or SystemClock()  # stamps each message's arrival
         self.client_id = client_id
         self.topic = topic
         self.metrics = metrics
@@ -261,7 +264,7 @@ class MqttTransport:
             topic = msg.topic
         except UnicodeDecodeError:  # the broker should have refused it: let the decoder reject it
             topic = msg._topic.decode("utf-8", "replace")
-        self.inbox.append((topic, payload, msg.mid, qos, time.time_ns() // 1000, self.session))
+        self.inbox.append((topic, payload, msg.mid, qos, epoch_us(self.clock.now()), self.session))
         self._held += 1
         self._held_bytes += len(payload)
         if self._held >= self.max_held or self._held_bytes >= self.max_held_bytes:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -17,7 +20,24 @@ from simulators.publish import simulate
 from simulators.score import AlarmRecord, offline_run, score
 from tests.service_helpers import running_service
 
+T = TypeVar("T")
+
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+async def _none() -> None:
+    return None
+
+
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, within: float = 120.0) -> T:
+    """Probe until ``ok`` holds; a generous deadline, never a timing."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await probe()
+        if ok(got):
+            return got
+        assert time.monotonic() < deadline, f"not within {within:.0f} s: {what} (last {got!r})"
+        await asyncio.sleep(0.1)
 
 
 def demo_park(flatline: str = "2h") -> Park:
@@ -75,8 +95,11 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
 
     async def go() -> None:
         async with running_service(site, db, mqtt_url, topic_prefix, clock) as (h, _client):
-            def follow(t: datetime, _sent: int) -> None:
-                clock.set(t)
+            published = [0]
+
+            def follow(t: datetime, sent: int) -> None:
+                clock.set(t)  # ingest stamps arrival and rules tick on this clock: the two agree under any load
+                published[0] = sent
 
             def stop_ordered(inc: object) -> None:
                 if getattr(inc, "scenario", "") == "production_during_stop":
@@ -86,8 +109,15 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
 
             truth = await simulate(h.park, mqtt_url, topic_prefix, start=start, speed=400, duration=duration,
                                    scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered)
-            await asyncio.sleep(3)  # let ingest and rules catch up
-            async with await psycopg.AsyncConnection.connect(db) as conn:
+            async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+                # caught up: every published reading stored, and the rules have judged all ingest handed them
+                async def stored() -> int:
+                    cur = await conn.execute("SELECT count(*) FROM readings")
+                    return (await cur.fetchone())[0]  # type: ignore[index,no-any-return]
+
+                await until(lambda: stored(), lambda n: n >= published[0], "every published reading stored")
+                await until(lambda: _none(), lambda _: h.rules.inbox.empty(), "the rules judged every batch")
+                await h.rules.tick()  # under the stage's lock: any judgement in flight is committed
                 for inc in truth:
                     if inc.scenario == "gateway_offline":
                         cur = await conn.execute(
