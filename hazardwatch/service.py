@@ -242,7 +242,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
         readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = asyncio.Queue(maxsize=READINGS_QUEUE)
         alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
         ingest = IngestService(settings=settings, park=park, pool=pool, sink=readings_q, registry=registry,
-                               clock=clock)
+                               health=health, clock=clock)
         rules = RulesService(park=park, pool=pool, clock=clock, inbox=readings_q, outbox=alarms_q,
                              registry=registry, gate=gate, health=health)
         signer = LinkSigner(await link_secret(pool, settings))

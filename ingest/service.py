@@ -34,6 +34,7 @@ from ingest.metrics import IngestMetrics
 from ingest.transport import Message, MqttTransport
 from ingest.writer import write_batch
 from park.clock import Clock, SystemClock
+from park.db.pool import RECONNECT_TIMEOUT
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
@@ -120,7 +121,7 @@ class IngestService:
         # the writers' own connections, used from worker threads (see ingest.writer); opened without
         # waiting, so the stage starts, and feeds the rules, while the database is away
         pool = ConnectionPool(self.settings.database_url.get_secret_value(), min_size=0, max_size=self.writers,
-                              open=False, name="hazardwatch-ingest", reconnect_timeout=float("inf"),
+                              open=False, name="hazardwatch-ingest", reconnect_timeout=RECONNECT_TIMEOUT,
                               kwargs={"autocommit": False, "application_name": "hazardwatch-ingest"})
         await asyncio.to_thread(pool.open, False)
         self._writers_pool = pool
