@@ -97,9 +97,20 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
         async with running_service(site, db, mqtt_url, topic_prefix, clock) as (h, _client):
             published = [0]
 
-            def follow(t: datetime, sent: int) -> None:
-                clock.set(t)  # ingest stamps arrival and rules tick on this clock: the two agree under any load
+            def follow(_t: datetime, sent: int) -> None:
                 published[0] = sent
+
+            def data_messages_taken_in() -> float:
+                got = h.registry.get_sample_value
+                status = sum(got("hazardwatch_ingest_gateway_status_total", {"online": o}) or 0.0
+                             for o in ("true", "false"))
+                return (got("hazardwatch_ingest_messages_total") or 0.0) - status
+
+            async def pace(t: datetime, messages: int) -> None:
+                # ingest stamps arrival and the rules tick on this clock: it moves on only once ingest has
+                # taken in every message so far, so a stall under load is never minutes of silence
+                await until(_none, lambda _: data_messages_taken_in() >= messages, "ingest took in the tick")
+                clock.set(t)
 
             def stop_ordered(inc: object) -> None:
                 if getattr(inc, "scenario", "") == "production_during_stop":
@@ -108,7 +119,8 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
                         h.rules.set_enterprise_state(inc.enterprise, EnterpriseState.STOPPED, "测试"))  # type: ignore[attr-defined]
 
             truth = await simulate(h.park, mqtt_url, topic_prefix, start=start, speed=400, duration=duration,
-                                   scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered)
+                                   scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered,
+                                   pace=pace)
             async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
                 # caught up: every published reading stored, and the rules have judged all ingest handed them
                 async def stored() -> int:
