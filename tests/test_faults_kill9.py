@@ -25,14 +25,14 @@ from tests.test_alerting_outage import SITE
 AFTER_KILL = 1000  # messages published while the service is dead: the broker keeps them for its session
 
 
-def held(env: dict[str, str]) -> float:
-    """Messages the service has received and not yet acknowledged (its own metric)."""
+def taken_in(env: dict[str, str]) -> float:
+    """Messages the service has taken in from the broker (its own metric); 0 while it does not answer."""
     try:
         text = httpx.get(f"http://{env['HAZARDWATCH_HTTP_ADDR']}/metrics", timeout=5).text
     except httpx.HTTPError:
         return 0.0
     for line in text.splitlines():
-        if line.startswith("hazardwatch_ingest_queue_messages "):
+        if line.startswith("hazardwatch_ingest_messages_total "):
             return float(line.split()[1])
     return 0.0
 
@@ -87,7 +87,8 @@ def run(db: str, proxy: DbProxy, mqtt_url: str, topic_prefix: str, tmp_path: Pat
         wait_for(lambda: len(stored(db)) > 0, within=60, what="the first readings stored")
         # writes stall: the service goes on receiving, and holds what it could not store yet
         proxy.down()
-        wait_for(lambda: held(env) >= 50, within=60, what="readings received and held, not yet stored")
+        wait_for(lambda: taken_in(env) >= len(stored(db)) + 50, within=120,
+                 what="readings taken in and held, not stored")
         svc.kill()
         killed.set()
         proxy.up()
@@ -97,7 +98,10 @@ def run(db: str, proxy: DbProxy, mqtt_url: str, topic_prefix: str, tmp_path: Pat
         total = len(sent)
         assert 0 < before < total, f"the kill landed mid-burst: {before} of {total} stored"
         svc = ServiceProcess(config, env, tmp_path / "service-2.log")
-        wait_for(lambda: len(stored(db)) >= total, within=120, what=f"all {total} readings stored")
+        try:
+            wait_for(lambda: len(stored(db)) >= total, within=180, what=f"all {total} readings stored")
+        except AssertionError:
+            raise AssertionError(f"{len(stored(db))} of {total} readings stored") from None
         rows = stored(db)
         assert [ts for ts, _ in rows] == [t0 + timedelta(seconds=i) for i in sent], "each reading once, none lost"
         assert [v for _, v in rows] == [float(i % 20) for i in sent]

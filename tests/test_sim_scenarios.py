@@ -29,7 +29,8 @@ async def _none() -> None:
     return None
 
 
-async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, within: float = 120.0) -> T:
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, within: float = 120.0,
+                every: float = 0.1) -> T:
     """Probe until ``ok`` holds; a generous deadline, never a timing."""
     deadline = time.monotonic() + within
     while True:
@@ -37,7 +38,7 @@ async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what
         if ok(got):
             return got
         assert time.monotonic() < deadline, f"not within {within:.0f} s: {what} (last {got!r})"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every)
 
 
 def demo_park(flatline: str = "2h") -> Park:
@@ -109,7 +110,8 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
             async def pace(t: datetime, messages: int) -> None:
                 # ingest stamps arrival and the rules tick on this clock: it moves on only once ingest has
                 # taken in every message so far, so a stall under load is never minutes of silence
-                await until(_none, lambda _: data_messages_taken_in() >= messages, "ingest took in the tick")
+                await until(_none, lambda _: data_messages_taken_in() >= messages, "ingest took in the tick",
+                            every=0.005)
                 clock.set(t)
 
             def stop_ordered(inc: object) -> None:
