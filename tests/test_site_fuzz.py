@@ -110,7 +110,9 @@ def check(text: str) -> None:
             assert p.message.strip(), said
             assert p.line is not None or p.path, f"a problem that names neither line nor key: {p}"
             if p.line is not None:
-                assert 1 <= p.line <= text.count("\n") + 2, f"line {p.line} outside the file: {p}"
+                # YAML's own line breaks: \r, \r\n, \n, NEL, LS, PS
+                lines = len(re.split("\r\n|[\r\n\x85\u2028\u2029]", text))
+                assert 1 <= p.line <= lines + 1, f"line {p.line} outside the file: {p}"
         for secret in SECRETS:
             assert secret not in said, f"a secret echoed in the error:\n{said}"
 
