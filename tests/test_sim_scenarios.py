@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -97,6 +97,7 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
     async def go() -> None:
         async with running_service(site, db, mqtt_url, topic_prefix, clock) as (h, _client):
             published = [0]
+            orders: list[asyncio.Task[Any]] = []
 
             def follow(_t: datetime, sent: int) -> None:
                 published[0] = sent
@@ -112,13 +113,15 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
                 # taken in every message so far, so a stall under load is never minutes of silence
                 await until(_none, lambda _: data_messages_taken_in() >= messages, "ingest took in the tick",
                             every=0.005)
+                while orders:  # an operator's order (a stop) is in force before the clock moves on
+                    await orders.pop()
                 clock.set(t)
 
             def stop_ordered(inc: object) -> None:
                 if getattr(inc, "scenario", "") == "production_during_stop":
                     from park.site import EnterpriseState
-                    asyncio.get_running_loop().create_task(
-                        h.rules.set_enterprise_state(inc.enterprise, EnterpriseState.STOPPED, "测试"))  # type: ignore[attr-defined]
+                    orders.append(asyncio.get_running_loop().create_task(
+                        h.rules.set_enterprise_state(inc.enterprise, EnterpriseState.STOPPED, "测试")))  # type: ignore[attr-defined]
 
             truth = await simulate(h.park, mqtt_url, topic_prefix, start=start, speed=400, duration=duration,
                                    scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered,
