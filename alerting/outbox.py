@@ -216,11 +216,15 @@ async def record_attempt(conn: AsyncConnection, key: str, outbox_id: int | None,
         cur = await conn.execute("SELECT id FROM outbox WHERE idempotency_key = %s", (key,))
         row = await cur.fetchone()
         outbox_id = row[0] if row else None
+    # once per (message, attempt): a record whose commit acknowledgement was lost (the database gone at
+    # that moment) is kept in the journal too, and must not become a second row when the flusher applies it
     await conn.execute(
         "INSERT INTO notifications (outbox_id, alarm_id, idempotency_key, unit_code, contact, channel, step,"
-        " attempt, ts, outcome, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " attempt, ts, outcome, detail) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+        " WHERE NOT EXISTS (SELECT 1 FROM notifications WHERE alarm_id = %s AND idempotency_key = %s"
+        " AND attempt = %s)",
         (outbox_id, f["alarm_id"], key, f["unit"], f["contact"], f["channel"], f["step"], attempt, now, d.outcome,
-         d.detail[:1000]),
+         d.detail[:1000], f["alarm_id"], key, attempt),
     )
     await conn.execute(
         "UPDATE outbox SET status = %s, failures = %s, due_at = coalesce(%s, due_at), claimed_at = NULL,"

@@ -301,7 +301,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                     asyncio.Queue(maxsize=READINGS_QUEUE)
                 alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
                 ingest = IngestService(settings=settings, park=park, pool=tpool, sink=readings_q, registry=treg,
-                                       clock=clock)
+                                       health=health, clock=clock)
                 rules = RulesService(park=park, pool=tpool, clock=clock, inbox=readings_q, outbox=alarms_q,
                                      registry=treg, gate=gate, health=health)
                 alerting = AlertingService(settings=settings, park=park, pool=tpool, clock=clock, inbox=alarms_q,

@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -35,6 +34,7 @@ from ingest.metrics import IngestMetrics
 from ingest.transport import Message, MqttTransport
 from ingest.writer import write_batch
 from park.clock import Clock, SystemClock
+from park.db.pool import RECONNECT_TIMEOUT
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
@@ -84,7 +84,8 @@ class IngestService:
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        # hazardwatch's clock: arrival stamps (the door's time bounds, liveness) and gateway offsets
+        # hazardwatch's time: arrival stamps, the door's bounds, clock offsets, lag — the same clock
+        # the rules tick on, so liveness and escalation agree with what ingest saw
         self.clock = clock or SystemClock()
         self.pool = pool
         self.sink = sink
@@ -125,7 +126,7 @@ class IngestService:
         # the writers' own connections, used from worker threads (see ingest.writer); opened without
         # waiting, so the stage starts, and feeds the rules, while the database is away
         pool = ConnectionPool(self.settings.database_url.get_secret_value(), min_size=0, max_size=self.writers,
-                              open=False, name="hazardwatch-ingest", reconnect_timeout=float("inf"),
+                              open=False, name="hazardwatch-ingest", reconnect_timeout=RECONNECT_TIMEOUT,
                               kwargs={"autocommit": False, "application_name": "hazardwatch-ingest"})
         await asyncio.to_thread(pool.open, False)
         self._writers_pool = pool
@@ -269,7 +270,7 @@ class IngestService:
         """In a worker thread, on a writer connection of its own."""
         assert self._writers_pool is not None
         with self._writers_pool.connection(timeout=10) as conn:
-            return write_batch(conn, batch, rejects, statuses, datetime.now(UTC), late)
+            return write_batch(conn, batch, rejects, statuses, self.clock.now(), late)
 
     def _count_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:

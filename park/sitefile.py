@@ -45,6 +45,7 @@ class _Builder:
     def __init__(self, file: str, environ: Mapping[str, str], track_lines: bool = True) -> None:
         self.file = file
         self.environ = environ
+        self.substituted: set[str] = set()  # values taken from the environment: never echoed in a problem
         self.track = track_lines  # lines are only needed to report problems: a valid file skips them
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
@@ -159,9 +160,17 @@ class _Builder:
                     "or write the value",
                 )
                 return ""
+            if self.environ[name]:
+                self.substituted.add(self.environ[name])
             return self.environ[name]
 
         return _ENV.sub(repl, value)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every value taken from the environment (secrets, as a rule) replaced by ***."""
+        for v in sorted(self.substituted, key=len, reverse=True):
+            text = text.replace(v, "***")
+        return text
 
     def _problem(self, line: int, loc: Loc, message: str) -> None:
         self.problems.append(Problem(self.file, line, loc_text(loc), message))
@@ -208,6 +217,12 @@ def _parse(text: str, file: str, env: Mapping[str, str], track_lines: bool) -> S
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         raise SiteFileError(file, [Problem(file, line, "", f"not valid YAML: {e.problem}")]) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (a control character, …)
+        line = text.count("\n", 0, e.position) + 1
+        raise SiteFileError(file, [Problem(file, line, "", f"not valid YAML: character {e.character!r} is not "
+                                           "allowed; delete it (often pasted from another program)")]) from None
+    except yaml.YAMLError as e:  # any other refusal by the YAML reader, without a position of its own
+        raise SiteFileError(file, [Problem(file, 1, "", f"not valid YAML: {type(e).__name__}")]) from None
     except _Abort as e:
         raise SiteFileError(file, [Problem(file, e.line, loc_text(e.loc), e.message)]) from None
     if data is None:
@@ -221,7 +236,7 @@ def _parse(text: str, file: str, env: Mapping[str, str], track_lines: bool) -> S
     except ValidationError as e:
         raise SiteFileError(file, [_problem_from_pydantic(b, err) for err in e.errors()]) from None
     del data
-    sem = [Problem(file, b.line_of(loc), loc_text(loc), msg) for loc, msg in semantic_problems(site)]
+    sem = [Problem(file, b.line_of(loc), loc_text(loc), b.mask(msg)) for loc, msg in semantic_problems(site)]
     if sem:
         raise SiteFileError(file, sem)
     return site
@@ -237,19 +252,30 @@ def _problem_from_pydantic(b: _Builder, err: Any) -> Problem:
     elif kind == "missing":
         text = f"'{field}' is required here"
     elif kind in ("literal_error", "enum"):
-        text = f"{err.get('input')!r} is not allowed for {field}; {msg.replace('Input should be', 'use')}"
+        text = f"{_shown(err.get('input'))} is not allowed for {field}; {msg.replace('Input should be', 'use')}"
         if field == "level" or "enterprise" in msg:
-            text = f"escalation level {err.get('input')!r} does not exist; use enterprise, town or district"
+            text = f"escalation level {_shown(err.get('input'))} does not exist; use enterprise, town or district"
     elif kind == "union_tag_invalid":
         text = f"unknown provider {err.get('input', {}).get('provider')!r}; use http, aliyun or tencent"
     elif kind == "value_error":
         text = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch":
-        text = f"{err.get('input')!r} is not a valid {field}: letters, digits, '-', '_' or '.' expected"
+        text = f"{_shown(err.get('input'))} is not a valid {field}: letters, digits, '-', '_' or '.' expected"
         if field == "phone":
-            text = f"{err.get('input')!r} is not a phone number; write digits only, e.g. \"13800000000\""
+            text = f"{_shown(err.get('input'))} is not a phone number; write digits only, e.g. \"13800000000\""
         elif field == "tag":
-            text = f"tag {err.get('input')!r} may not contain '/', '+', '#' or spaces (they are MQTT topic syntax)"
+            text = (f"tag {_shown(err.get('input'))} may not contain '/', '+', '#' or spaces"
+                    " (they are MQTT topic syntax)")
     else:
-        text = f"{msg} (got {err.get('input')!r})"
-    return Problem(b.file, b.line_of(loc), loc_text(loc), text)
+        text = f"{msg} (got {_shown(err.get('input'))})"
+    return Problem(b.file, b.line_of(loc), loc_text(loc), b.mask(text))
+
+
+def _shown(value: Any) -> str:
+    """A value for a problem's sentence: scalars quoted (and cut short), never a whole subtree."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

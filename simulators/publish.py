@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -76,8 +76,13 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
                    scenario_every: timedelta = timedelta(minutes=5), scenarios: tuple[str, ...] = SCENARIOS,
                    on_incident: Callable[[Incident], None] | None = None,
                    first_scenario_after: timedelta | None = None,
-                   progress: Callable[[datetime, int], None] | None = None) -> list[Incident]:
-    """Publish the park from ``start`` at ``speed`` × real time; never ahead of the real clock."""
+                   progress: Callable[[datetime, int], None] | None = None,
+                   pace: Callable[[datetime, int], Awaitable[None]] | None = None) -> list[Incident]:
+    """Publish the park from ``start`` at ``speed`` × real time; never ahead of the real clock.
+
+    ``pace(t, messages)``, when given, is awaited after each tick with the time of the next tick and
+    how many data messages have been published so far: a consumer on a fast fake clock holds the
+    simulation back until it has taken in everything, so a stall under load is no gap in the data."""
     rng = random.Random(seed)
     model = ParkModel(park, seed)
     t = start or datetime.now(UTC)
@@ -89,6 +94,7 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
     next_scenario = t + (scenario_every / 2 if first_scenario_after is None else first_scenario_after)
     k = 0
     sent = 0
+    messages = 0
     try:
         while end is None or t < end:
             if t >= next_scenario and scenarios and (end is None or end - t >= timedelta(minutes=20)):
@@ -114,13 +120,17 @@ async def simulate(park: Park, url: str, prefix: str, *, seed: int = 7, start: d
                     if s.kind is SensorKind.POWER:  # power meters report on their own, one point each
                         gw.point(ent, s.tag, t, round(v, 1))
                         sent += 1
+                        messages += 1
                     else:
                         pts.append({"tag": s.tag, "value": round(v, 4)})
                 gw.batch(ent, t, pts)
                 sent += len(pts)
+                messages += 1
             if progress:
                 progress(t, sent)
             t += tick
+            if pace:
+                await pace(t, messages)
             # hold back so simulated time never runs ahead of the real clock (ingest refuses the future)
             ahead = (t - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(ahead, tick.total_seconds() / speed if speed > 0 else 0.0, 0.0))

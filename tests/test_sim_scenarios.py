@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -17,7 +20,25 @@ from simulators.publish import simulate
 from simulators.score import AlarmRecord, offline_run, score
 from tests.service_helpers import running_service
 
+T = TypeVar("T")
+
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+async def _none() -> None:
+    return None
+
+
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, within: float = 120.0,
+                every: float = 0.1) -> T:
+    """Probe until ``ok`` holds; a generous deadline, never a timing."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await probe()
+        if ok(got):
+            return got
+        assert time.monotonic() < deadline, f"not within {within:.0f} s: {what} (last {got!r})"
+        await asyncio.sleep(every)
 
 
 def demo_park(flatline: str = "2h") -> Park:
@@ -75,19 +96,45 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
 
     async def go() -> None:
         async with running_service(site, db, mqtt_url, topic_prefix, clock) as (h, _client):
-            def follow(t: datetime, _sent: int) -> None:
+            published = [0]
+            orders: list[asyncio.Task[Any]] = []
+
+            def follow(_t: datetime, sent: int) -> None:
+                published[0] = sent
+
+            def data_messages_taken_in() -> float:
+                got = h.registry.get_sample_value
+                status = sum(got("hazardwatch_ingest_gateway_status_total", {"online": o}) or 0.0
+                             for o in ("true", "false"))
+                return (got("hazardwatch_ingest_messages_total") or 0.0) - status
+
+            async def pace(t: datetime, messages: int) -> None:
+                # ingest stamps arrival and the rules tick on this clock: it moves on only once ingest has
+                # taken in every message so far, so a stall under load is never minutes of silence
+                await until(_none, lambda _: data_messages_taken_in() >= messages, "ingest took in the tick",
+                            every=0.005)
+                while orders:  # an operator's order (a stop) is in force before the clock moves on
+                    await orders.pop()
                 clock.set(t)
 
             def stop_ordered(inc: object) -> None:
                 if getattr(inc, "scenario", "") == "production_during_stop":
                     from park.site import EnterpriseState
-                    asyncio.get_running_loop().create_task(
-                        h.rules.set_enterprise_state(inc.enterprise, EnterpriseState.STOPPED, "测试"))  # type: ignore[attr-defined]
+                    orders.append(asyncio.get_running_loop().create_task(
+                        h.rules.set_enterprise_state(inc.enterprise, EnterpriseState.STOPPED, "测试")))  # type: ignore[attr-defined]
 
             truth = await simulate(h.park, mqtt_url, topic_prefix, start=start, speed=400, duration=duration,
-                                   scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered)
-            await asyncio.sleep(3)  # let ingest and rules catch up
-            async with await psycopg.AsyncConnection.connect(db) as conn:
+                                   scenario_every=timedelta(minutes=25), progress=follow, on_incident=stop_ordered,
+                                   pace=pace)
+            async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+                # caught up: every published reading stored, and the rules have judged all ingest handed them
+                async def stored() -> int:
+                    cur = await conn.execute("SELECT count(*) FROM readings")
+                    return (await cur.fetchone())[0]  # type: ignore[index,no-any-return]
+
+                await until(lambda: stored(), lambda n: n >= published[0], "every published reading stored")
+                await until(lambda: _none(), lambda _: h.rules.inbox.empty(), "the rules judged every batch")
+                await h.rules.tick()  # under the stage's lock: any judgement in flight is committed
                 for inc in truth:
                     if inc.scenario == "gateway_offline":
                         cur = await conn.execute(

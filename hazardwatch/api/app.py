@@ -43,6 +43,9 @@ a token reaches only its unit's subtree (`park` for the duty room). Errors: 401 
 429 too many failed tokens or live streams, 503 the database is away (retry after `Retry-After`)."""
 
 
+DATABASE_AWAY = "数据库暂时不可用，请稍后重试（the database is not reachable right now; try again shortly）"
+
+
 def create_app(*, park: Park, pool: AsyncConnectionPool, commands: Commands, settings: Settings,
                registry: CollectorRegistry, readiness: Callable[[], bool], links: LinkSigner,
                clock: Clock | None = None, db_url: str | None = None, health: Health | None = None,
@@ -84,8 +87,7 @@ def create_app(*, park: Park, pool: AsyncConnectionPool, commands: Commands, set
     @app.exception_handler(PoolTimeout)
     async def database_away(_r: Request, e: Exception) -> JSONResponse:
         log.warning("API request failed on the database: %s", type(e).__name__)
-        return JSONResponse({"detail": "the database is not reachable right now; try again shortly"}, 503,
-                            headers={"Retry-After": "5"})
+        return JSONResponse({"detail": DATABASE_AWAY}, 503, headers={"Retry-After": "5"})
 
     for r in (ops.router, alarms.router, readings.router, units.router, handover.router, stream.router,
               ack_links.router, board.router, cluster.router):
