@@ -55,7 +55,9 @@ def run(db: str, proxy: DbProxy, mqtt_url: str, topic_prefix: str, tmp_path: Pat
     config.write_text(SITE.format(sms="http://127.0.0.1:9"), encoding="utf-8")
     # one client id for both runs: one persistent session at the broker
     env = service_env(proxy.url(), mqtt_url, topic_prefix, tmp_path / "data")
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    # a day back, one reading a second: however long the burst runs on a slow machine, its newest reading
+    # stays in the past (the door refuses more than 5 minutes ahead) and inside the 7-day backfill bound
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     sent: list[int] = []
     killed = threading.Event()
     errors: list[BaseException] = []
