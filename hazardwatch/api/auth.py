@@ -51,9 +51,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create_token(conn: AsyncConnection, park: Park, unit: str, name: str = "") -> str:
-    if unit != PARK_UNIT and unit not in park.units:
+async def create_token(conn: AsyncConnection, park: Park | None, unit: str, name: str = "") -> str:
+    """A new token for ``unit``, checked against the site file (``park``) or, without one, against
+    the units the service keeps in the database."""
+    if park is not None and unit != PARK_UNIT and unit not in park.units:
         raise ValueError(f"unit {unit!r} is not in the site file; use a district, town or enterprise code, or 'park'")
+    if park is None and unit != PARK_UNIT:
+        cur = await conn.execute("SELECT 1 FROM units WHERE code = %s AND retired_at IS NULL", (unit,))
+        if await cur.fetchone() is None:
+            raise ValueError(f"unit {unit!r} is not in the database's registry; use a district, town or "
+                             "enterprise code of the running site (`hazardwatch db migrate --config SITE.yaml` "
+                             "syncs it), or 'park'")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     await conn.execute("INSERT INTO api_tokens (unit_code, name, token_hash) VALUES (%s, %s, %s)",
                        (unit, name, hash_token(token)))

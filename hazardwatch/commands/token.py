@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import psycopg
 
 from hazardwatch.api.auth import create_token, revoke_token
 from park.db.migrate import migrate
+from park.db.pool import safe_address
 from park.errors import HazardwatchError
 from park.model import Park
 from park.settings import load_settings
@@ -22,31 +24,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = tsub.add_parser("create", help="create a token for one unit; it is printed once")
     c.add_argument("--unit", required=True, help="district, town or enterprise code, or 'park' for the duty room")
     c.add_argument("--name", default="", help="who or what it is for")
-    c.add_argument("--config", required=True, help="site file")
+    c.add_argument("--config", help="site file (without it: HAZARDWATCH_DATABASE_URL, units from the database)")
     c.set_defaults(func=lambda a: _run(a, "create"))
     ls = tsub.add_parser("list", help="tokens (never the secrets)")
-    ls.add_argument("--config", required=True)
+    ls.add_argument("--config", help="site file (without it: HAZARDWATCH_DATABASE_URL)")
     ls.set_defaults(func=lambda a: _run(a, "list"))
     rv = tsub.add_parser("revoke", help="revoke a token by its id (see list)")
     rv.add_argument("id", type=int)
-    rv.add_argument("--config", required=True)
+    rv.add_argument("--config", help="site file (without it: HAZARDWATCH_DATABASE_URL)")
     rv.set_defaults(func=lambda a: _run(a, "revoke"))
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
+    """With ``--config``, the site file's settings and units; without it, only the database (CONTRACT §6)."""
+    park: Park | None = None
+    if args.config:
+        try:
+            site = load_site(args.config)
+            settings = load_settings(site)
+        except HazardwatchError as e:
+            print(f"✗ {e}", file=sys.stderr)
+            return 1
+        if settings.database_url is None:
+            print("✗ set HAZARDWATCH_DATABASE_URL or database.url in the site file", file=sys.stderr)
+            return 1
+        url = settings.database_url.get_secret_value()
+        park = Park.from_site(site)
+    else:
+        url = os.environ.get("HAZARDWATCH_DATABASE_URL", "")
+        if not url:
+            print("✗ set HAZARDWATCH_DATABASE_URL (the service's database) or give --config SITE.yaml", file=sys.stderr)
+            return 1
     try:
-        site = load_site(args.config)
-        settings = load_settings(site)
-    except HazardwatchError as e:
-        print(f"✗ {e}", file=sys.stderr)
+        return asyncio.run(_act(url, park, args, action))
+    except psycopg.OperationalError as e:
+        print(f"✗ the database {safe_address(url)} is not reachable: {type(e).__name__}", file=sys.stderr)
         return 1
-    if settings.database_url is None:
-        print("✗ set HAZARDWATCH_DATABASE_URL or database.url in the site file", file=sys.stderr)
-        return 1
-    return asyncio.run(_act(settings.database_url.get_secret_value(), Park.from_site(site), args, action))
 
 
-async def _act(url: str, park: Park, args: argparse.Namespace, action: str) -> int:
+async def _act(url: str, park: Park | None, args: argparse.Namespace, action: str) -> int:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await migrate(conn)
         if action == "create":
