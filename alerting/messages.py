@@ -1,4 +1,4 @@
-"""Message text (CONTRACT §4): Chinese by default, naming colour, enterprise, sensor, value, limit, time, link.
+"""Message text (docs/contract.md §4): Chinese by default, naming colour, enterprise, sensor, value, limit, time, link.
 
 Templates are ``string.Template`` strings; an operator can replace any of them. SMS text is kept
 within two segments (67 characters each when concatenated): the detail is shortened, the link never.

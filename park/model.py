@@ -23,7 +23,7 @@ TREND_WINDOW = timedelta(minutes=10)
 # GB/T 50493-2019: combustible first level <= 25 %LEL, second <= 50 %LEL.
 COMBUSTIBLE_LIMITS = (25.0, 50.0)
 # Voting on a hazard source with two or more gas detectors of one class when the site file sets no
-# vote_k: two of them at first level confirm a leak (CONTRACT §3).
+# vote_k: two of them at first level confirm a leak (docs/contract.md §3).
 VOTE_K_DEFAULT = 2
 # Common practice for oxygen: deficiency below 19.5 %VOL, enrichment above 23.5 %VOL.
 OXYGEN_LIMITS = (19.5, 23.5)

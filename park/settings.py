@@ -1,4 +1,4 @@
-"""Connection settings (CONTRACT §6): environment first, then the site file, then defaults.
+"""Connection settings (docs/contract.md §6): environment first, then the site file, then defaults.
 
 Built once in ``main`` and passed down. Secrets are ``SecretStr`` and never printed: not in
 ``repr``, not in ``safe_dict``, not in any error message.
@@ -27,7 +27,7 @@ from park.errors import SettingsError
 from park.site import Site
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
-DEFAULT_BACKFILL = timedelta(days=7)  # CONTRACT §1: older readings are rejected at the door
+DEFAULT_BACKFILL = timedelta(days=7)  # docs/contract.md §1: older readings are rejected at the door
 DEFAULT_LEASE_TTL = 10.0  # seconds a leader that stopped renewing keeps the lease (park/db/lease.py)
 MIN_LEASE_TTL = 1.0
 # host[:port], a bracketed IPv6 address, or libpq's comma-separated host list

@@ -1,4 +1,4 @@
-"""Typed models of the site file (CONTRACT §2): district -> town -> enterprise -> sensors.
+"""Typed models of the site file (docs/contract.md §2): district -> town -> enterprise -> sensors.
 
 Structure and types are checked by pydantic (unknown keys forbidden); meaning — duplicate codes,
 missing or disordered limits, unknown gases and hazard sources, unreachable contacts — is
@@ -146,7 +146,7 @@ class HazardSource(Strict):
     code: Code
     name: str
     grade: int = Field(ge=1, le=4)  # 重大危险源等级 1 (highest) – 4
-    # Voting (CONTRACT §3): k of the source's gas detectors of one class (combustible; toxic of one
+    # Voting (docs/contract.md §3): k of the source's gas detectors of one class (combustible; toxic of one
     # gas) at or above first level confirm a leak. Unset: 2-out-of-N wherever the source has two or
     # more detectors of a class (park.model.VOTE_K_DEFAULT); 0 turns voting off for this source.
     vote_k: int | None = Field(default=None, ge=0)
@@ -297,7 +297,7 @@ TEMPLATE_NAMES = ("title", "body", "time", "step_immediate", "step_upgrade", "st
 
 
 class Delivery(Strict):
-    """How hard a message is pushed (CONTRACT §3: never abandoned while its alarm is unacknowledged)."""
+    """How hard a message is pushed (docs/contract.md §3: never abandoned while its alarm is unacknowledged)."""
 
     retry_max: Duration = timedelta(minutes=2)  # back-off cap between attempts
     fallback_after: int = Field(default=3, ge=1)  # failures on one channel before the contact's next is tried
@@ -347,7 +347,7 @@ class Retention(Strict):
 
 
 class SeverityDefaults(BaseModel):
-    """Which colour each condition raises (configurable; DOMAIN: provinces differ)."""
+    """Which colour each condition raises (configurable: provinces differ, see docs/alarms.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -390,7 +390,7 @@ class AlarmManagement(BaseModel):
     power_stopped_fraction: float = Field(default=0.3, gt=0, le=1)  # of the usual load for that hour
     power_min_load_kw: float = Field(default=50.0, ge=0)  # below this a stopped plant is idle, not producing
     power_learning_weeks: int = Field(default=4, ge=1)
-    # Time (CONTRACT §8). A gateway clock further than this from hazardwatch's raises a blue alarm.
+    # Time (docs/contract.md §8). A gateway clock further than this from hazardwatch's raises a blue alarm.
     clock_skew_max: Duration = timedelta(minutes=2)
     # An alarm raised from a reading that arrived later than this after its own time is marked
     # backfilled (store-and-forward, 断点续传), with the delay, so people know it is late news.

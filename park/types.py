@@ -182,6 +182,6 @@ class AlarmEvent:
     flood: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
     # When hazardwatch made this transition, on its own clock. ``ts`` is the event's own time (a
-    # reading's time for process rules, CONTRACT §8); escalation deadlines count from the RAISED
+    # reading's time for process rules, docs/contract.md §8); escalation deadlines count from the RAISED
     # event's ``noticed_at``, never from an old reading's time. None only for events built by hand.
     noticed_at: datetime | None = None
