@@ -71,3 +71,57 @@ def test_create_with_only_the_database_as_the_contract_says(make_database, tmp_p
                            env={k: v for k, v in os.environ.items() if k != "HAZARDWATCH_DATABASE_URL"},
                            capture_output=True, text=True, timeout=60)
     assert no_db.returncode == 1 and "HAZARDWATCH_DATABASE_URL" in no_db.stderr
+
+
+def test_a_token_created_just_before_an_outage_is_answered_503_not_401(make_database) -> None:  # type: ignore[no-untyped-def]
+    """A new token not yet in the book, met while the database is away: 'try again', never 'invalid'."""
+    from psycopg import OperationalError
+    from psycopg_pool import AsyncConnectionPool
+
+    from hazardwatch.api.auth import TokenBook, create_token
+    from hazardwatch.api.context import principal
+    from park.db import migrate
+
+    db = make_database("postgres", "hwd")
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await migrate(conn)
+        now = [0.0]
+        async with AsyncConnectionPool(db, min_size=1, max_size=2, open=False) as pool:
+            async with pool.connection() as conn:
+                old = await create_token(conn, None, "park", "早班")
+            book = TokenBook(pool, max_age=3.0, monotonic=lambda: now[0])
+            assert await book.check(old) is not None  # the book is loaded with it
+            async with pool.connection() as conn:
+                new = await create_token(conn, None, "park", "刚建的")
+
+            class Away:  # fault injection: every connection attempt fails as a dead server does
+                def connection(self, *a: object, **k: object) -> object:
+                    raise OperationalError("connection refused")
+
+            book.pool = Away()  # type: ignore[assignment]
+            now[0] = 10.0  # the book is stale: its reload fails and it keeps what it had
+            assert (await book.check(old)) is not None  # known operators stay logged in
+            try:
+                await book.check(new)
+            except OperationalError:
+                pass  # answered 503 by the application
+            else:
+                raise AssertionError("a token unknown only because the database is away was called invalid")
+
+            from types import SimpleNamespace
+
+            def not_reached(*_a: object) -> float:  # stands in for FailureLimiter.blocked
+                raise AssertionError("an outage was counted as a failed token")
+
+            req = SimpleNamespace(headers={"authorization": f"Bearer {new}"}, query_params={}, client=None)
+            ctx = SimpleNamespace(tokens=book, limiter=SimpleNamespace(blocked=not_reached))
+            try:
+                await principal(req, ctx)  # type: ignore[arg-type]
+            except OperationalError:
+                pass
+            else:
+                raise AssertionError("expected the database error to reach the 503 handler")
+
+    asyncio.run(go())

@@ -91,7 +91,8 @@ class TokenBook:
 
     A token not in the book (created a moment ago) is looked up directly, but at most
     ``miss_rate`` such lookups a second: a flood of bad tokens cannot turn into a flood of queries.
-    A database outage keeps the last good book: operators stay logged in; commands answer 503.
+    A database outage keeps the last good book: operators stay logged in; commands answer 503, and so
+    does a token the book does not hold yet (it may have been created a moment before the outage).
     """
 
     def __init__(self, pool: AsyncConnectionPool, *, max_age: float = 3.0, miss_rate: float = 20.0,
@@ -140,11 +141,10 @@ class TokenBook:
         await self.refresh(older_than=self.max_age)
         p = self._by_hash.get(hash_token(token))
         if p is None and self._spend():  # created a moment ago?
-            try:
-                async with self.pool.connection(timeout=5) as conn:
-                    p = await lookup(conn, token)
-            except Exception:
-                p = None
+            # the database away is not a bad token: its error goes up and is answered 503 with
+            # Retry-After (app.py), never 401, and is not counted as a failed authentication
+            async with self.pool.connection(timeout=5) as conn:
+                p = await lookup(conn, token)
             if p is not None:
                 self._by_hash[p.token_hash] = p
         if p is not None:
