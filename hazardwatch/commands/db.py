@@ -8,12 +8,11 @@ import sys
 
 import psycopg
 
+from hazardwatch.commands.common import site_and_database
 from park.db.migrate import migrate
 from park.db.registry import sync_registry
 from park.errors import HazardwatchError
-from park.settings import load_settings
 from park.site import Site
-from park.sitefile import load_site
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,17 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    try:
-        site = load_site(args.config) if args.config else None
-        settings = load_settings(site)
-    except HazardwatchError as e:
-        print(f"✗ {e}", file=sys.stderr)
+    if (found := site_and_database(args.config)) is None:
         return 1
-    if settings.database_url is None:
-        print("✗ no database: set HAZARDWATCH_DATABASE_URL=postgresql://… or database.url in the site file",
-              file=sys.stderr)
-        return 1
-    return asyncio.run(_migrate(settings.database_url.get_secret_value(), site))
+    return asyncio.run(_migrate(found[1], found[0]))
 
 
 async def _migrate(url: str, site: Site | None) -> int:

@@ -12,10 +12,9 @@ from datetime import datetime
 
 import psycopg
 
+from hazardwatch.commands.common import site_and_database
 from park.db.cluster import ClusterStatus, cluster_status, database_nodes
-from park.errors import HazardwatchError
-from park.settings import load_settings
-from park.sitefile import load_site
+from park.db.pool import safe_address
 from park.types import to_shanghai
 
 ROLES = {"leader": "主 leader", "standby": "备 standby", "offline": "离线 offline", "starting": "启动中 starting",
@@ -30,21 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        site = load_site(args.config) if args.config else None
-        settings = load_settings(site)
-    except HazardwatchError as e:
-        print(f"✗ {e}", file=sys.stderr)
+    if (found := site_and_database(args.config)) is None:
         return 1
-    if settings.database_url is None:
-        print("✗ no database: set HAZARDWATCH_DATABASE_URL=postgresql://… or database.url in the site file",
-              file=sys.stderr)
-        return 1
-    url = settings.database_url.get_secret_value()
+    url = found[1]
     try:
         st = asyncio.run(_status(url))
     except psycopg.Error as e:
-        print(f"✗ database {settings.safe_dict()['database']} not reachable: {type(e).__name__}: "
+        print(f"✗ database {safe_address(url)} not reachable: {type(e).__name__}: "
               f"{(str(e).strip().splitlines() or [''])[-1]}", file=sys.stderr)
         return 1
     print(st.model_dump_json(indent=2) if args.json else render(st))

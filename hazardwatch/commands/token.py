@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 import psycopg
 
 from hazardwatch.api.auth import create_token, revoke_token
+from hazardwatch.commands.common import site_and_database
 from park.db.migrate import migrate
 from park.db.pool import safe_address
-from park.errors import HazardwatchError
 from park.model import Park
-from park.settings import load_settings
-from park.sitefile import load_site
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,25 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
-    """With ``--config``, the site file's settings and units; without it, only the database (CONTRACT §6)."""
-    park: Park | None = None
-    if args.config:
-        try:
-            site = load_site(args.config)
-            settings = load_settings(site)
-        except HazardwatchError as e:
-            print(f"✗ {e}", file=sys.stderr)
-            return 1
-        if settings.database_url is None:
-            print("✗ set HAZARDWATCH_DATABASE_URL or database.url in the site file", file=sys.stderr)
-            return 1
-        url = settings.database_url.get_secret_value()
-        park = Park.from_site(site)
-    else:
-        url = os.environ.get("HAZARDWATCH_DATABASE_URL", "")
-        if not url:
-            print("✗ set HAZARDWATCH_DATABASE_URL (the service's database) or give --config SITE.yaml", file=sys.stderr)
-            return 1
+    """With ``--config``, the site file's settings and units; without it, only the database (docs/contract.md §6)."""
+    if (found := site_and_database(args.config)) is None:
+        return 1
+    site, url = found
+    park = Park.from_site(site) if site is not None else None
     try:
         return asyncio.run(_act(url, park, args, action))
     except psycopg.OperationalError as e:
