@@ -129,8 +129,12 @@ async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Si
             async with pool.connection() as conn:
                 rep = await run_maintenance(conn, edition, site.retention, clock.now())
             log.debug("maintenance: %s", rep)
-        except Exception:  # the database may be down; ingest handles that, upkeep just waits
-            log.warning("maintenance pass failed; retrying later", exc_info=True)
+        except Exception as e:  # the database may be down; ingest handles that, upkeep just waits
+            if is_transient(e):  # expected during an outage: one line, no traceback
+                log.warning("maintenance pass skipped, the database is away (%s); retrying in %.0f s",
+                            type(e).__name__, MAINTENANCE_EVERY.total_seconds())
+            else:
+                log.warning("maintenance pass failed; retrying later", exc_info=True)
         await asyncio.sleep(MAINTENANCE_EVERY.total_seconds())
 
 
