@@ -1,4 +1,4 @@
-"""Escalation timing (CONTRACT §3) — pure: alarm events and ticks in, planned messages out.
+"""Escalation timing (docs/contract.md §3) — pure: alarm events and ticks in, planned messages out.
 
 For each alarm: on raise, every unit named in ``immediate`` is told; each ``then`` step tells its
 level once the alarm has gone unacknowledged ``after`` that long since it was raised; until
@@ -11,7 +11,7 @@ Deadlines count from when hazardwatch noticed the alarm (the RAISED event's ``no
 the clock passed in), never from the reading's own time: a reading stamped 1970 or three hours
 late raises an alarm whose reminders start now. A reminder that falls due while hazardwatch was
 away (a restart, a long pause) is sent once — the latest due — never a burst of every missed one.
-A contact is identified by its address (phone, WeCom user id), not its name (CONTRACT §3).
+A contact is identified by its address (phone, WeCom user id), not its name (docs/contract.md §3).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def address_of(c: Contact, channel: str) -> str:
 
 
 def message_key(alarm_id: int, unit: str, who: str, channel: str, step: str) -> str:
-    """The idempotency key: (alarm, unit, contact identity, channel, step) — CONTRACT §3."""
+    """The idempotency key: (alarm, unit, contact identity, channel, step) — docs/contract.md §3."""
     return f"{alarm_id}/{unit}/{who}/{channel}/{step}"
 
 

@@ -7,7 +7,7 @@ gateway (``id``) and the webhook (``Idempotency-Key``) use to drop the repeat. F
 an idempotency id (WeCom) that window — a crash after the vendor answered and before the commit —
 is the only way a message can repeat.
 
-A message is never abandoned while its alarm is unacknowledged (CONTRACT §3): failures back off to
+A message is never abandoned while its alarm is unacknowledged (docs/contract.md §3): failures back off to
 ``retry_max`` and go on; after ``fallback_after`` failures the contact's next channel is planned
 too (whichever delivers first supersedes the other); a rate-limit answer waits as told and is not a
 failure; a contact left unreached for ``unreachable_after`` is reported to the park duty room — by

@@ -1,4 +1,4 @@
-"""``hazardwatch`` command line (CONTRACT §6).
+"""``hazardwatch`` command line (docs/contract.md §6).
 
 Each command lives in ``hazardwatch/commands/<name>.py`` with ``register(subparsers)``, which
 adds its parser and sets ``func`` to a callable taking the parsed args and returning an exit code.

@@ -1,4 +1,4 @@
-"""Decoding MQTT messages into readings (CONTRACT §1) — pure, no IO, never raises on bad input.
+"""Decoding MQTT messages into readings (docs/contract.md §1) — pure, no IO, never raises on bad input.
 
 Every message is decoded into a shared :class:`Decoded` accumulator: good readings into flat
 columns, rejections with their reason, gateway status changes. One bad point of a batch rejects
@@ -26,7 +26,7 @@ from park.model import Park
 from park.settings import DEFAULT_BACKFILL
 from park.types import GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 
-FUTURE_LIMIT_US = 5 * 60 * 1_000_000  # CONTRACT §1: more than 5 minutes ahead is rejected
+FUTURE_LIMIT_US = 5 * 60 * 1_000_000  # docs/contract.md §1: more than 5 minutes ahead is rejected
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 KEEP_BYTES = 1024  # of a rejected payload, for inspection
 MAX_SEQ_GAP = 1_000_000  # one message counts at most this many missing batches (a counter reset is no gap)

@@ -8,7 +8,7 @@ Python. The conditions they report are then applied to the lifecycle in time ord
 whole batch (stable: ties keep operator order), so a backlog of hours for a whole park raises the
 same alarms, votes included, as the same readings live.
 
-Two clocks (CONTRACT §8): process rules run on readings' own time; liveness on arrival time
+Two clocks (docs/contract.md §8): process rules run on readings' own time; liveness on arrival time
 (``ReadingBatch.received_us``); every transition also records ``noticed_at``, hazardwatch's time
 when it was made, which escalation counts from. Alarms raised from late data carry
 ``backfilled: true`` and the delay.

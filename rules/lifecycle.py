@@ -11,7 +11,7 @@ alarm goes through on the way: suppression by an enterprise's state (never for l
 chattering, floods, shelving, acknowledgement. Every transition carries a frozen copy of the
 alarm's severity, state, value, limit and facts at that event, so the audit records that moment.
 
-Two clocks (CONTRACT §8): a signal's ``ts`` is the event's own time (a reading's time for process
+Two clocks (docs/contract.md §8): a signal's ``ts`` is the event's own time (a reading's time for process
 rules); ``noticed`` is hazardwatch's clock when the transition was made, which escalation counts
 from. Chattering is counted on event time (a backlog replays as it happened); floods on
 hazardwatch's time (what the duty room actually receives).
@@ -36,7 +36,7 @@ CLOSED = "closed"
 OPEN_STATES = (ACTIVE_UNACKED, ACTIVE_ACKED, CLEARED_UNACKED)
 
 # Process alarms an enterprise's maintenance or ordered stop may suppress by design; alarms of gas
-# detectors (combustible, toxic, oxygen), sparks and votes never are (CONTRACT §3).
+# detectors (combustible, toxic, oxygen), sparks and votes never are (docs/contract.md §3).
 SUPPRESSIBLE_RULES = frozenset({"high", "low", "rate", "trend", "fault_signal"})
 LIFE_SAFETY_KINDS = frozenset({"gas_combustible", "gas_toxic", "oxygen", "spark_detector"})
 

@@ -1,4 +1,4 @@
-"""Liveness, on hazardwatch's own clock (CONTRACT §8): a sensor is stale when nothing of it has
+"""Liveness, on hazardwatch's own clock (docs/contract.md §8): a sensor is stale when nothing of it has
 *arrived* for ``stale_multiple`` × its interval while its enterprise still sends; an enterprise has
 lost communication when its gateway's Last Will says so, or when nothing at all has arrived from
 it for ``comm_loss_after``. A gateway whose clock is wrong is therefore never "offline"; its

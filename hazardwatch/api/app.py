@@ -1,4 +1,4 @@
-"""The HTTP API (CONTRACT §5) and the duty-room board, served by ``hazardwatch run`` in the same process.
+"""The HTTP API (docs/contract.md §5) and the duty-room board, served by ``hazardwatch run`` in the same process.
 
 ``create_app`` only composes: the shared context, the limits, the error mapping and one router
 per resource (``hazardwatch.api.routes``, the live stream in ``hazardwatch.api.stream``).

@@ -1,4 +1,4 @@
-"""Alarms: list, one alarm with its detail, and the operator commands (CONTRACT §5)."""
+"""Alarms: list, one alarm with its detail, and the operator commands (docs/contract.md §5)."""
 
 from __future__ import annotations
 
