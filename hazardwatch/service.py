@@ -43,6 +43,7 @@ from hazardwatch.leadership import (
     fenced_sessions,
     is_fenced,
 )
+from hazardwatch.loopwatch import LoopWatch
 from hazardwatch.watchdog import HaMetrics, Heartbeat, HeartbeatConfig, SystemdNotifier
 from ingest.service import IngestService
 from park import redact
@@ -338,6 +339,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                 tg.create_task(supervise("journal", flusher.run, health), name="journal")
                 tg.create_task(supervise("instance-heartbeat", beacon.run, health), name="instance-heartbeat")
                 tg.create_task(supervise("watchdog", heartbeat.run, health), name="watchdog")
+                tg.create_task(supervise("loop-watch", LoopWatch(registry).run, health), name="loop-watch")
                 tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
         finally:
             journal.close()

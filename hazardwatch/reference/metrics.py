@@ -77,6 +77,10 @@ HEALTHY: dict[str, str] = {
                                                "deploy/ha)",
     "hazardwatch_heartbeat_url_pings_total": "rises once a minute with `outcome=\"ok\"` when a dead-man's-switch "
                                              "URL is set; failed rising = that service is unreachable from here",
+    "hazardwatch_event_loop_lag_seconds": "below 0.1 s; seconds = a callback holds the one event loop (every "
+                                          "stage waits; the log names where it was)",
+    "hazardwatch_event_loop_stalls_total": "flat; each increase is the loop held for more than 2 s, logged with "
+                                           "the code that held it",
     "hazardwatch_ha_leader": "1 on exactly one instance of the park, 0 on the others; summed 0 or 2 for more "
                              "than a minute = no leader or a split view (alert rules in deploy/ha)",
     "hazardwatch_ha_epoch": "the same on every instance that has led; rises by one at each takeover",
