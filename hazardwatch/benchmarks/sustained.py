@@ -89,7 +89,8 @@ def _load(url: str, prefix: str, spec: LoadSpec) -> None:
     publish(url, prefix, spec)
 
 
-def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: float) -> int:
+def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: float,
+        service_log: str = "sustained-service.log") -> int:
     seconds = minutes * 60
     triggers = int(seconds / EVERY)
     sms = SmsStandIn()
@@ -113,7 +114,15 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                     break
                 if "✗" in line or "Traceback" in line:
                     raise RuntimeError(line + proc.stdout.read()[-3000:])
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+            log_file = open(service_log, "w", encoding="utf-8", buffering=1)
+
+            def keep_log() -> None:  # the service's own log, to read after the run
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    log_file.write(line)
+                log_file.close()
+
+            threading.Thread(target=keep_log, daemon=True).start()
+            print(f"the service's log: {service_log}", flush=True)
             ctx = mp.get_context("spawn")
             spec = LoadSpec(ENTERPRISES, POINTS, "batch", int(load / POINTS * (seconds + WAIT_AFTER)), load / POINTS,
                             realtime=True)
@@ -165,7 +174,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
             with psycopg.connect(db) as c:
                 stored = c.execute("SELECT count(*) FROM readings").fetchone()[0]  # type: ignore[index]
                 rows = c.execute(
-                    "SELECT a.rule, a.severity, a.enterprise_code LIKE 'L%' AS load_park,"
+                    "SELECT a.rule, a.severity, a.enterprise_code LIKE 'L%%' AS load_park,"
                     "       EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_id = a.id AND o.status = 'sent')"
                     "  FROM alarms a WHERE a.raised_at < to_timestamp(%s)", (last_trigger,)).fetchall()
             for p in workers:
@@ -227,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                                                              "postgresql://postgres@127.0.0.1:5433/postgres"))
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--load", type=float, default=50_000, help="background readings per second")
+    ap.add_argument("--service-log", default="sustained-service.log",
+                    help="where the service's own log is written (to read after the run)")
     ap.add_argument("--scenario-every", type=float, default=120.0, help="seconds between simulator scenarios")
     a = ap.parse_args(argv)
-    return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every)
+    return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log)
 
 
 if __name__ == "__main__":
