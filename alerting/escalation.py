@@ -78,14 +78,14 @@ class Escalator:
                 return []  # a re-alarm of an alarm already being escalated
             tr = _Track(event=ev, raised_at=now, severity=ev.severity)
             self.tracks[ev.alarm_id] = tr
-            return self._tell(tr, list(self.policies[ev.severity].immediate), "immediate", now) + self.on_tick(now)
+            return self._tell(tr, list(self.policies[ev.severity].immediate), "immediate", now) + self._advance(tr, now)
         if tr is None:
             return []
         if ev.kind is K.UPGRADED:
             tr.severity = ev.severity
             tr.event = ev
             new = [lv for lv in self.policies[ev.severity].immediate if lv not in tr.told]
-            return self._tell(tr, new, "upgrade", now) + self.on_tick(now)
+            return self._tell(tr, new, "upgrade", now) + self._advance(tr, now)
         if ev.kind is K.ACKED:
             tr.stopped = True
             if ev.detail.get("state") == "closed":
@@ -99,7 +99,7 @@ class Escalator:
             return []
         if ev.kind is K.UNSHELVED:
             tr.paused = False
-            return self.on_tick(now)
+            return self._advance(tr, now)
         if ev.kind in (K.CLEARED, K.RESOLVED):
             step = "cleared" if ev.kind is K.CLEARED else "resolved"
             out = self._tell(tr, list(tr.told), step, now, event=ev, notice=True)
@@ -111,26 +111,37 @@ class Escalator:
 
     def on_tick(self, now: datetime) -> list[Planned]:
         out: list[Planned] = []
+        closed = False
         for tr in self.tracks.values():
-            if tr.stopped or tr.paused:
-                continue
-            pol = self.policies[tr.severity]
-            for step in pol.then:
-                name = f"then-{step.level}"
-                if name not in tr.done_steps and now >= tr.raised_at + step.after:
-                    tr.done_steps.add(name)
-                    if step.level not in tr.told:
-                        out += self._tell(tr, [step.level], name, tr.raised_at + step.after)
-                        tr.told_at[step.level] = now  # told now (late or not): no reminder in the same breath
-            if pol.repeat_every is not None and now >= tr.raised_at + pol.repeat_every * (tr.repeats + 1):
-                # only the latest reminder due: after a pause, one late reminder, never a burst of missed
-                # ones (and no loop whose length depends on how long the pause or an old timestamp was)
-                tr.repeats = int((now - tr.raised_at) / pol.repeat_every)
-                due = tr.raised_at + pol.repeat_every * tr.repeats
-                # remind those told before this reminder, not a level told for the first time just now
-                earlier = [lv for lv in tr.told if tr.told_at.get(lv, tr.raised_at) < due]
-                out += self._tell(tr, earlier, f"repeat-{tr.repeats}", due, remind=True)
-        self.tracks = {k: v for k, v in self.tracks.items() if not v.closed}
+            out += self._advance(tr, now)
+            closed |= tr.closed
+        if closed:
+            self.tracks = {k: v for k, v in self.tracks.items() if not v.closed}
+        return out
+
+    def _advance(self, tr: _Track, now: datetime) -> list[Planned]:
+        """The steps and the reminder of one alarm that are due at ``now``. An event advances only its
+        own alarm (the tick loop advances the others), so a burst of raises costs each raise its own
+        work, not a pass over every open alarm."""
+        if tr.stopped or tr.paused:
+            return []
+        out: list[Planned] = []
+        pol = self.policies[tr.severity]
+        for step in pol.then:
+            name = f"then-{step.level}"
+            if name not in tr.done_steps and now >= tr.raised_at + step.after:
+                tr.done_steps.add(name)
+                if step.level not in tr.told:
+                    out += self._tell(tr, [step.level], name, tr.raised_at + step.after)
+                    tr.told_at[step.level] = now  # told now (late or not): no reminder in the same breath
+        if pol.repeat_every is not None and now >= tr.raised_at + pol.repeat_every * (tr.repeats + 1):
+            # only the latest reminder due: after a pause, one late reminder, never a burst of missed
+            # ones (and no loop whose length depends on how long the pause or an old timestamp was)
+            tr.repeats = int((now - tr.raised_at) / pol.repeat_every)
+            due = tr.raised_at + pol.repeat_every * tr.repeats
+            # remind those told before this reminder, not a level told for the first time just now
+            earlier = [lv for lv in tr.told if tr.told_at.get(lv, tr.raised_at) < due]
+            out += self._tell(tr, earlier, f"repeat-{tr.repeats}", due, remind=True)
         return out
 
     def next_wakeup(self, now: datetime) -> datetime | None:

@@ -301,7 +301,10 @@ class PgOutbox:
                 # never a later step or reminder of an acknowledged alarm, tidied or not
                 "  AND NOT ((p.step LIKE 'then-%%' OR p.step LIKE 'repeat-%%') AND EXISTS (SELECT 1 FROM alarms a"
                 "   WHERE a.id = p.alarm_id AND (a.acked_at IS NOT NULL OR a.state = 'closed')))"
-                " ORDER BY due_at, id FOR UPDATE SKIP LOCKED LIMIT %s)"
+                # first notices before reminders and clear notices, so that a wave of reminders
+                # never delays telling someone of a new alarm
+                " ORDER BY (p.step LIKE 'repeat-%%' OR p.step IN ('cleared', 'resolved')), due_at, id"
+                " FOR UPDATE SKIP LOCKED LIMIT %s)"
                 " RETURNING id, idempotency_key, alarm_id, unit_code, contact, channel, step, payload, attempts,"
                 " failures, first_due_at, coalesce((SELECT a.acked_at IS NOT NULL OR a.state = 'closed'"
                 "  FROM alarms a WHERE a.id = o.alarm_id), true)",

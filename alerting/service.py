@@ -61,6 +61,7 @@ from park.types import LEVELS, AlarmEvent, AlarmEventKind, Level, Severity
 
 log = logging.getLogger("hazardwatch.alerting")
 POLL = 0.2  # seconds between looks at the clock and the outbox
+EVENTS_PER_PLAN = 500  # alarm events planned together at most
 FLOOD_SUMMARY_EVERY = timedelta(minutes=5)
 OVERDUE_EVERY = timedelta(seconds=15)  # how often undelivered contacts are looked for
 OVERDUE_REAL_MIN = 1.0  # and at least this many real seconds apart
@@ -145,8 +146,12 @@ class AlertingService:
 
     async def _events(self) -> None:
         while True:
-            ev = await self.inbox.get()
-            await self._plan(self.escalator.on_event(ev, self.clock.now()))
+            # a burst of events (hundreds of alarms raised together) is planned in one write, in order
+            evs = [await self.inbox.get()]
+            while len(evs) < EVENTS_PER_PLAN and not self.inbox.empty():
+                evs.append(self.inbox.get_nowait())
+            now = self.clock.now()
+            await self._plan([p for ev in evs for p in self.escalator.on_event(ev, now)])
 
     async def _ticks(self) -> None:
         while True:

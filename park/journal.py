@@ -135,7 +135,10 @@ class Journal:
     def due_messages(self, now: datetime, limit: int = 50) -> list[LocalMessage]:
         rows = self._db.execute(
             "SELECT key, body, due_at, status, attempts, failures, first_due_at, sent_at, reported_at FROM messages"
-            " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, rowid LIMIT ?", (now.timestamp(), limit))
+            " WHERE status = 'pending' AND due_at <= ?"
+            # first notices before reminders and clear notices (the key ends with the step)
+            " ORDER BY (key LIKE '%/repeat-%' OR key LIKE '%/cleared' OR key LIKE '%/resolved'), due_at, rowid"
+            " LIMIT ?", (now.timestamp(), limit))
         return [self._msg(r) for r in rows]
 
     def messages(self, statuses: tuple[str, ...] | None = None) -> list[LocalMessage]:

@@ -188,3 +188,24 @@ def test_two_contacts_with_one_name_in_a_unit_are_refused() -> None:
     ok = two.replace('{name: 张工, phone: "13800000009"', '{name: 李工, phone: "13800000009"')
     plans = Escalator(Park.from_site(parse_site(ok, environ={}))).on_event(ev(AlarmEventKind.RAISED, Severity.BLUE))
     assert sorted(p.key for p in plans) == ["7/E001/13800000003/sms/immediate", "7/E001/13800000009/sms/immediate"]
+
+
+def test_a_burst_of_raises_costs_each_raise_its_own_alarm_not_a_pass_over_all_open_alarms() -> None:
+    # 2,000 alarms raised together (a gateway's sensors all going stale): planning each raise looked at
+    # every open alarm, 2 million steps that held the event loop for seconds; each raise advances its own
+    esc = Escalator(PARK)
+    looked = [0]
+    advance = esc._advance
+
+    def counted(tr, now):  # type: ignore[no-untyped-def]
+        looked[0] += 1
+        return advance(tr, now)
+
+    esc._advance = counted  # type: ignore[method-assign]
+    for i in range(2000):
+        plans = esc.on_event(ev(AlarmEventKind.RAISED, Severity.RED, alarm_id=i + 1), now=T0)
+        assert who(plans) == [("enterprise", "immediate"), ("town", "immediate")]
+    assert looked[0] == 2000
+    # the tick still advances every alarm: the district is told of each after 5 minutes
+    later = esc.on_tick(T0 + timedelta(minutes=5))
+    assert len({p.event.alarm_id for p in later if p.step == "then-district"}) == 2000

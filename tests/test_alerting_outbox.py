@@ -229,3 +229,52 @@ def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_ha
     finally:
         sms.close()
         hook.close()
+
+
+def test_a_new_alarms_first_notice_is_claimed_before_a_wave_of_reminders(db_url: str) -> None:
+    """150 open red alarms remind at once; a new alarm raised then is told first, not after 300 SMS."""
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                for i in range(1, 152):
+                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'red', 'active_unacked', %s)",
+                                       (i, f"k{i}", T0))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                                  registry=CollectorRegistry(), channels={})
+            for i in range(1, 151):
+                await svc._plan(svc.escalator.on_event(event(i, Severity.RED), T0))
+            while await svc.claim(T0):  # the first notices of the 150 went out
+                pass
+            wave = T0 + timedelta(minutes=5, seconds=1)
+            await svc._plan(svc.escalator.on_tick(wave))  # every one of them reminds now (due at 5 min)
+            await svc._plan(svc.escalator.on_event(event(151, Severity.RED), wave))  # a new alarm, a second later
+            claimed = await svc.claim(wave)
+            # one claim is 50 messages, sent together; the new alarm's are in the first one
+            assert len(claimed) == 50 and [c.step for c in claimed if c.alarm_id == 151] == ["immediate"]
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
+
+
+def test_the_local_journal_also_tells_a_new_alarm_before_a_wave_of_reminders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """While the database is away, messages wait in the local journal: the same order applies there."""
+    from park.journal import Journal
+
+    j = Journal(tmp_path / "journal.sqlite3")
+    for i in range(100):
+        j.put_message(f"{i}/E1/13800000003/sms/repeat-1", {"i": i}, T0 + timedelta(minutes=5))
+    j.put_message("100/E1/13800000003/sms/cleared", {"i": 100}, T0 + timedelta(minutes=5))
+    j.put_message("101/E1/13800000003/sms/immediate", {"i": 101}, T0 + timedelta(minutes=5, seconds=1))
+    first = j.due_messages(T0 + timedelta(minutes=6), limit=10)
+    assert first[0].key == "101/E1/13800000003/sms/immediate"
+    assert all(m.key.endswith("/repeat-1") for m in first[1:])
