@@ -41,34 +41,42 @@ async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind
 
     ``fresh`` are ids the caller gave new alarms beforehand (drawn from the id sequence, so an alarm
     has its id — and its messages their keys — while the database is away): their rows are inserted
-    with that id, once."""
-    touched: set[int] = set()
+    with that id, once.
+
+    Pipelined: a burst of thousands of transitions (a gateway's sensors all going stale) is sent
+    without a round trip per statement, so the rule stage is not held for seconds storing it."""
+    async with conn.pipeline():
+        await _persist(conn, transitions, bind, fresh)
+
+
+async def _persist(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any,
+                   fresh: Container[int]) -> None:
+    touched: dict[int, None] = {}  # in order
     inserted: set[int] = set()
+    # new alarms without an id yet get theirs in one query, not one INSERT … RETURNING each
+    unnamed = list({id(t.alarm): t.alarm for t in transitions
+                    if t.alarm.alarm_id is None and t.alarm.rule != "flood"}.values())
+    if unnamed:
+        cur = await conn.execute("SELECT nextval(pg_get_serial_sequence('alarms', 'id')) FROM generate_series(1, %s)",
+                                 (len(unnamed),))
+        ids = [int(r[0]) for r in await cur.fetchall()]
+        for a, new_id in zip(unnamed, ids, strict=True):
+            bind(a, new_id)
+    fresh_rows: list[tuple[Any, ...]] = []
+    updates: list[tuple[str, tuple[Any, ...]]] = []
+    events: list[tuple[Any, ...]] = []
     for t in transitions:
         a = t.alarm
         if a.rule == "flood":
             continue  # park/enterprise flood marks are not alarms of their own
         text = message(t)
-        if a.alarm_id is not None and a.alarm_id in fresh and a.alarm_id not in inserted:
+        # the row is inserted (once) for an id given beforehand, and with every raise: should this
+        # transaction fail, a retry of the same transitions inserts the row it rolled back
+        if a.alarm_id is not None and (a.alarm_id in fresh or t.kind is K.RAISED) and a.alarm_id not in inserted:
             inserted.add(a.alarm_id)
-            await conn.execute(
-                "INSERT INTO alarms (id, dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"
-                " value, limit_value, message, detail, flood, noticed_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (a.alarm_id, a.key, a.sensor_id, a.enterprise, a.tag, a.rule, t.severity.value, t.state, a.raised_at,
-                 t.value, t.limit, text, _json(t.facts), a.flood, a.noticed_at or t.noticed_at),
-            )
-        if a.alarm_id is None:
-            cur = await conn.execute(
-                "INSERT INTO alarms (dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"
-                " value, limit_value, message, detail, flood, noticed_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (a.key, a.sensor_id, a.enterprise, a.tag, a.rule, t.severity.value, t.state, a.raised_at, t.value,
-                 t.limit, text, _json(t.facts), a.flood, a.noticed_at or t.noticed_at),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            bind(a, int(row[0]))
+            fresh_rows.append((a.alarm_id, a.key, a.sensor_id, a.enterprise, a.tag, a.rule, t.severity.value, t.state,
+                               a.raised_at, t.value, t.limit, text, _json(t.facts), a.flood,
+                               a.noticed_at or t.noticed_at))
         assert a.alarm_id is not None
         # the alarms row shows the alarm as it is now; the event row as it was at the event
         sets = ["state = %s", "severity = %s", "value = %s", "limit_value = %s", "message = %s",
@@ -88,16 +96,33 @@ async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind
         elif t.kind in (K.SHELVED, K.UNSHELVED):
             sets += ["shelved_until = %s", "shelved_by = %s", "shelve_reason = %s"]
             args += [a.shelved_until, t.by if t.kind is K.SHELVED else None, t.detail.get("reason")]
-        await conn.execute(f"UPDATE alarms SET {', '.join(sets)} WHERE id = %s", (*args, a.alarm_id))
-        await conn.execute(
-            "INSERT INTO alarm_events (ts, alarm_id, kind, severity, value, limit_value, by, message, detail, state,"
-            " noticed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (t.ts, a.alarm_id, t.kind.value, t.severity.value, t.value, t.limit, t.by, text,
-             _json(t.facts | t.detail), t.state, t.noticed_at),
-        )
-        touched.add(a.alarm_id)
-    for alarm_id in touched:
-        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
+        updates.append((f"UPDATE alarms SET {', '.join(sets)} WHERE id = %s", (*args, a.alarm_id)))
+        events.append((t.ts, a.alarm_id, t.kind.value, t.severity.value, t.value, t.limit, t.by, text,
+                       _json(t.facts | t.detail), t.state, t.noticed_at))
+        touched[a.alarm_id] = None
+    # a burst written as a few statements each run over many rows: new rows first, then every
+    # update in its order (runs of the same statement together), then the events in their order
+    async with conn.cursor() as cur:
+        if fresh_rows:
+            await cur.executemany(
+                "INSERT INTO alarms (id, dedup_key, sensor_id, enterprise_code, tag, rule, severity, state, raised_at,"
+                " value, limit_value, message, detail, flood, noticed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                fresh_rows)
+        i = 0
+        while i < len(updates):
+            j = i
+            while j < len(updates) and updates[j][0] == updates[i][0]:
+                j += 1
+            await cur.executemany(updates[i][0], [u[1] for u in updates[i:j]])
+            i = j
+        if events:
+            await cur.executemany(
+                "INSERT INTO alarm_events (ts, alarm_id, kind, severity, value, limit_value, by, message, detail,"
+                " state, noticed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", events)
+        if touched:
+            await cur.execute("SELECT pg_notify(%s, x::text) FROM unnest(%s::bigint[]) AS x",
+                              (NOTIFY_CHANNEL, list(touched)))
 
 
 async def load_open(conn: AsyncConnection) -> list[Alarm]:

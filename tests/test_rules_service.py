@@ -258,3 +258,84 @@ def test_a_gateway_clock_from_ingest_is_kept_measured_and_alarmed(db_url: str) -
             assert ev.message == "二号化工 数据网关时钟慢 10 分钟（允许 ±2 分钟），请校准网关时间"
 
     asyncio.run(go())
+
+
+def test_a_burst_of_thousands_of_stale_alarms_is_stored_in_a_few_statements_and_survives_a_retry(
+        db_url: str) -> None:
+    """3,000 sensors of 60 gateways go silent together: storing 3,000 raises one statement at a time
+    held the rule stage (and every alarm behind it) for seconds. And a transaction that fails and is
+    retried with the same transitions still leaves every alarm's row."""
+    import numpy as np
+
+    from hazardwatch.benchmarks.rules import site_text
+    from park.types import epoch_us
+    from rules import store
+    from rules.engine import RuleEngine
+
+    site = parse_site(site_text(60, 51), environ={})
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            await migrate(conn)
+            park = await sync_registry(conn, site)
+            await conn.commit()
+            engine = RuleEngine(park)
+            ids = np.array([s.id for s in park.sensors], np.int32)
+            us = epoch_us(T0)
+            engine.on_batch(ReadingBatch(ids, np.full(len(ids), us, np.int64), np.ones(len(ids)),
+                                         np.zeros(len(ids), np.int8), received_us=us), T0)
+            engine.on_tick(T0)
+            # ten minutes on, each gateway still sends one sensor; the others are silent
+            t1 = T0 + timedelta(minutes=10)
+            first = np.array(list({s.enterprise: s.id for s in reversed(park.sensors)}.values()), np.int32)
+            u1 = epoch_us(t1)
+            engine.on_batch(ReadingBatch(first, np.full(len(first), u1, np.int64), np.ones(len(first)),
+                                         np.zeros(len(first), np.int8), received_us=u1), t1)
+            out = engine.on_tick(t1)
+            stale = [t for t in out if t.alarm.rule == "stale"]
+            assert len(stale) >= 2900
+
+            statements = [0]
+            real_cursor = conn.cursor
+
+            class Counting:  # a cursor that counts each execute / executemany (one per statement run)
+                def __init__(self, cur) -> None:  # type: ignore[no-untyped-def]
+                    self._cur = cur
+
+                def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+                    return getattr(self._cur, name)
+
+                async def execute(self, *a, **k):  # type: ignore[no-untyped-def]
+                    statements[0] += 1
+                    await self._cur.execute(*a, **k)
+                    return self
+
+                async def executemany(self, *a, **k):  # type: ignore[no-untyped-def]
+                    statements[0] += 1
+                    return await self._cur.executemany(*a, **k)
+
+                async def __aenter__(self):  # type: ignore[no-untyped-def]
+                    await self._cur.__aenter__()
+                    return self
+
+                async def __aexit__(self, *exc):  # type: ignore[no-untyped-def]
+                    return await self._cur.__aexit__(*exc)
+
+            conn.cursor = lambda *a, **k: Counting(real_cursor(*a, **k))  # type: ignore[method-assign]
+            # first try: the transaction fails after the writes (a lost connection, say)
+            with contextlib.suppress(RuntimeError):
+                async with conn.transaction():
+                    await store.persist(conn, out, engine.bind)
+                    raise RuntimeError("the commit never happened")
+            assert statements[0] <= 10, f"{statements[0]} statements for {len(out)} transitions"
+            # the retry of the same transitions: the alarms already have their ids
+            async with conn.transaction():
+                await store.persist(conn, out, engine.bind)
+            conn.cursor = real_cursor  # type: ignore[method-assign]
+            cur = await conn.execute("SELECT count(*) FROM alarms WHERE rule = 'stale'")
+            assert (await cur.fetchone())[0] == len(stale)  # type: ignore[index]
+            cur = await conn.execute("SELECT count(*) FROM alarm_events e JOIN alarms a ON a.id = e.alarm_id"
+                                     " WHERE a.rule = 'stale' AND e.kind = 'raised'")
+            assert (await cur.fetchone())[0] == len(stale)  # type: ignore[index]
+
+    asyncio.run(go())
