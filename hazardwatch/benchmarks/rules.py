@@ -10,16 +10,23 @@ learned-state snapshot serialised at its cadence (every minute); each transition
 rendered as the store does; and a backfill burst in the middle: a group of enterprises flushing
 a two-hour backlog (断点续传) at once.
 
-Baseline: the ingest decoder on 50-point gateway batches, measured in the same run — the most
-ingest could ever hand over on this machine (the whole ingest stage, with MQTT and COPY, is
-slower), so a rule core at ≥ 2 × that rate is never the service's bottleneck.
+The bar "never the service's bottleneck": the rule core at ≥ 2 × the ingest rate measured in the
+same run — the whole service (ingest, rules, alerting) draining a prefilled broker queue of 50-point
+gateway batches into a scratch database (``--ingest-batches``; 0 skips it), which is the rate at which
+readings reach the rules under sustained load, since the broker hands out messages only as fast as
+their commits are acknowledged. ``hazardwatch bench all`` passes the rate of its own ingest run. The
+ingest decoder alone on the same batches (no MQTT, no COPY — the most ingest could ever hand over if
+storage cost nothing) is printed as a stricter reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import time
 import tracemalloc
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -154,14 +161,43 @@ def decoder_rate(park: Park, seconds: float = 1.5) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hazardwatch bench rules", description=__doc__.split("\n")[0])
+@dataclass(slots=True)
+class RuleFigures:
+    rate: float  # readings/s judged by the core
+    bytes_per_sensor: float
+    decoder_rate: float  # the ingest decoder alone, same run
+    ingest_rate: float | None  # the whole service's stored readings/s, same run (None: not measured)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--enterprises", type=int, default=2000)
     ap.add_argument("--per", type=int, default=50, help="sensors per enterprise")
     ap.add_argument("--batch", type=int, default=10_000, help="readings per batch (as ingest hands them over)")
     ap.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of live readings")
     ap.add_argument("--backfill-enterprises", type=int, default=20, help="enterprises flushing a 2-hour backlog")
-    a = ap.parse_args(argv)
+    ap.add_argument("--ingest-batches", type=int, default=4_000,
+                    help="50-point batches the whole service drains to measure the ingest rate (0: skip)")
+
+
+def ingest_rate(a: argparse.Namespace) -> float:
+    """Readings/s the whole service stores from a prefilled queue of 50-point batches (TimescaleDB)."""
+    from hazardwatch.benchmarks import ingest as ingest_bench
+    from simulators.load import LoadSpec, recent_t0_ms
+
+    spec = LoadSpec(200, 50, "batch", a.ingest_batches, t0_ms=recent_t0_ms())
+    fig = asyncio.run(ingest_bench.service_drain(a.mqtt_url, a.tsdb_url, spec))
+    if fig.readings != spec.messages * spec.points:
+        raise RuntimeError(f"the ingest run stored {fig.readings:,} of {spec.messages * spec.points:,} readings")
+    return fig.rate
+
+
+def measure(a: argparse.Namespace, ingest: float | None = None) -> RuleFigures:
+    """Every figure of the rule benchmark; ``ingest`` is a whole-service rate measured by the caller
+    in the same run (``bench all``), else it is measured here when ``--ingest-batches`` > 0."""
+    if ingest is None and a.ingest_batches > 0:
+        print(f"measuring the ingest rate: the whole service drains {a.ingest_batches:,} queued 50-point "
+              "batches …", flush=True)
+        ingest = ingest_rate(a)
     n = a.enterprises * a.per
     print(f"building a park of {n:,} sensors …", flush=True)
     park = Park.from_site(parse_site(site_text(a.enterprises, a.per), environ={}))
@@ -233,16 +269,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stats['readings']:>12,} readings, {stats['transitions']:,} transitions", end="\r", flush=True)
     rate = stats["readings"] / stats["judge_s"]
     print()
-    ok_rate = rate >= 1_000_000
-    ok_mem = mem / n <= 300
     print(f"rule core: {rate:,.0f} readings/s over {n:,} sensors, every default rule on (trend, vote, rate, fault, "
           f"flat line, power, liveness), batches of {a.batch:,}")
     print(f"  {stats['readings']:,} readings incl. a backfill burst of {backfill:,}; {stats['transitions']:,} "
           f"transitions; {stats['ticks']:,} ticks; {stats['snapshots']} snapshots of "
           f"{stats['snapshot_bytes'] / 1e6:.1f} MB; {len(engine.alarms):,} open alarms")
-    print(f"  target ≥ 1,000,000/s {'✓' if ok_rate else '✗'}; ingest decoder in this run {base_rate:,.0f} readings/s → "
-          f"rules at {rate / base_rate:.1f} × (bar 2 ×) {'✓' if rate >= 2 * base_rate else '✗'}")
-    print(f"engine state: {mem / 1e6:.1f} MB after warm-up = {mem / n:.0f} bytes per sensor "
-          f"(built: {mem_built / n:.0f}; peak while judging {peak / 1e6:.1f} MB) — target ≤ 300 "
-          f"{'✓' if ok_mem else '✗'}")
-    return 0
+    print(f"  built: {mem_built / n:.0f} bytes per sensor; peak while judging {peak / 1e6:.1f} MB")
+    return RuleFigures(rate, mem / n, base_rate, ingest)
+
+
+def verdicts(f: RuleFigures) -> list[tuple[str, str, str, bool]]:
+    """(what, figure, bar, met) rows, as ``hazardwatch bench all`` tabulates them."""
+    rows = [("rule core (all default rules)", f"{f.rate:,.0f} readings/s", "≥ 1,000,000 readings/s",
+             f.rate >= 1_000_000),
+            ("rule core memory", f"{f.bytes_per_sensor:.0f} bytes per sensor", "≤ 300 bytes per sensor",
+             f.bytes_per_sensor <= 300)]
+    if f.ingest_rate:
+        rows.append(("rule core vs ingest, same run", f"{f.rate / f.ingest_rate:.1f} × the whole service's "
+                     f"{f.ingest_rate:,.0f} stored readings/s", "≥ 2 ×", f.rate >= 2 * f.ingest_rate))
+    else:
+        rows.append(("rule core vs ingest, same run", "not measured (--ingest-batches 0)", "≥ 2 ×", False))
+    rows.append(("rule core vs the bare decoder (reference)", f"{f.rate / f.decoder_rate:.1f} × the decoder's "
+                 f"{f.decoder_rate:,.0f} readings/s (no MQTT, no COPY)", "—", True))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hazardwatch bench rules", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    ap.add_argument("--mqtt-url", default=os.environ.get("HW_TEST_MQTT_URL", "mqtt://127.0.0.1:18830"),
+                    help="for the ingest rate: a broker running deploy/mosquitto/hazardwatch.conf")
+    ap.add_argument("--tsdb-url", default=os.environ.get("HW_TEST_TSDB_URL",
+                                                          "postgresql://postgres@127.0.0.1:5433/postgres"),
+                    help="for the ingest rate: admin URL of a TimescaleDB server (a scratch database is made)")
+    a = ap.parse_args(argv)
+    figures = measure(a)
+    ok = True
+    for what, fig, bar, met in verdicts(figures):
+        ok &= met
+        print(f"  {what}: {fig} (bar {bar}) {'✓' if met else '✗'}")
+    return 0 if ok else 1
