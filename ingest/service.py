@@ -112,7 +112,8 @@ class IngestService:
             MqttTransport(t, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#", metrics=self.metrics,
                           health=health, now_us=self._now_us, wake=self._wake,
                           stage=STAGE if len(targets) == 1 else f"{STAGE}[{t.name}]",
-                          on_state=functools.partial(self._broker_state, t.name))
+                          on_state=functools.partial(self._broker_state, t.name),
+                          on_settled=self._report_queue if len(targets) > 1 else None)
             for t in targets]
         self.transport = self.transports[0]  # the first (or only) broker
         self._subscribed = asyncio.Event()
@@ -153,6 +154,9 @@ class IngestService:
         """Each broker's session, for ``/api/v1/cluster`` and ``hazardwatch status``."""
         return {t.name: {"connected": t.connected, "sessions": t.session, "failures": t.failures}
                 for t in self.transports}
+
+    def _report_queue(self) -> None:
+        self.metrics.queue.set(sum(t.held for t in self.transports))
 
     def _broker_state(self, name: str, up: bool) -> None:
         self._states.append(BrokerState(name, up, self.clock.now()))

@@ -194,11 +194,13 @@ class MqttTransport:
         wake: asyncio.Event | None = None,
         stage: str = STAGE,
         on_state: Callable[[bool], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
         self.name = target.name  # the ``broker`` label of the metrics, and the name in alarms and status
         self.stage = stage  # our name in park.health (one per broker when there are several)
         self._on_state = on_state  # told when the session goes up (subscribed) or down
+        self._on_settled = on_settled  # reports the queue gauge instead (several transports: their sum)
         self._up = False
         self._now_us = now_us or _system_now_us  # stamps each message's arrival
         self.client_id = client_id
@@ -240,6 +242,11 @@ class MqttTransport:
             if self._on_state is not None:
                 self._on_state(up)
 
+    @property
+    def held(self) -> int:
+        """Messages received and not yet settled."""
+        return self._held
+
     # --- what the pipeline calls ---------------------------------------------------------------
     def take(self, limit: int) -> list[Message]:
         """Up to ``limit`` messages from the inbox, oldest first."""
@@ -265,7 +272,10 @@ class MqttTransport:
                 acked += 1
         self._held -= n
         self._held_bytes -= nbytes
-        self.metrics.queue.set(self._held)
+        if self._on_settled is not None:
+            self._on_settled()
+        else:
+            self.metrics.queue.set(self._held)
         if self._paused and self._held < self.max_held // 2 and self._held_bytes < self.max_held_bytes // 2:
             self._resume()
         return acked

@@ -232,12 +232,12 @@ def test_one_of_two_brokers_stopped_mid_stream_loses_nothing_alarms_and_clears(
             got: list[tuple[Any, ...]] = []
             while asyncio.get_running_loop().time() < deadline:
                 got = await stored()
-                if len(got) >= len(want) and all(t._held == 0 for t in ingest.transports):
+                if len(got) >= len(want) and all(t.held == 0 for t in ingest.transports):
                     break
                 await asyncio.sleep(0.1)
             assert len(got) == len(want) and set(got) == want  # every reading, exactly once
             # every message each broker delivered was acknowledged on that broker's connection
-            assert [t._held for t in ingest.transports] == [0, 0]
+            assert [t.held for t in ingest.transports] == [0, 0]
             assert ingest.metrics.duplicates._value.get() > 0  # the overlap did happen
             events = await _rows(h, "SELECT kind FROM alarm_events WHERE alarm_id = %s ORDER BY ts, id",
                                  alarm.alarm_id)
