@@ -33,7 +33,7 @@ from rules.engine import RuleEngine
 from rules.store import message
 from tests.ingest_helpers import PrivateBroker, Publisher, until
 from tests.rules_helpers import SITE, Driver, at, park
-from tests.service_helpers import StandIns, running_service
+from tests.service_helpers import StandIns, running_service, token_for
 
 # --- settings --------------------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ def test_one_of_two_brokers_stopped_mid_stream_loses_nothing_alarms_and_clears(
                                                                         {"tag": "AT-2", "value": 0.1}]}))
 
     async def go() -> None:
-        async with running_service(stand_ins.site, db, f"{a.url},{b.url}", topic_prefix, clock) as (h, _client):
+        async with running_service(stand_ins.site, db, f"{a.url},{b.url}", topic_prefix, clock) as (h, client):
             ingest, engine = h.ingest, h.rules.engine
             assert [t.name for t in ingest.transports] == [name_a, f"127.0.0.1:{b.port}"]
             await until(lambda: all(t.connected for t in ingest.transports), what="both broker sessions up")
@@ -220,6 +220,23 @@ def test_one_of_two_brokers_stopped_mid_stream_loses_nothing_alarms_and_clears(
             await until(lambda: any(f"MQTT 代理 {name_a} 不可达" in t for t in _sms_texts(stand_ins)),
                         what="the park's people told")
             assert ingest.connected and h.ingest.subscribed.is_set()  # the other broker keeps flowing
+            # the duty room sees it (board, API) with its sentence; an enterprise's token does not
+            duty, ent = await token_for(h, "park"), await token_for(h, "E1")
+            listed = [x for x in (await client.get("/api/v1/alarms", headers=duty)).json() if x["rule"] == "broker"]
+            assert [(x["enterprise_name"], x["severity"]) for x in listed] == [("端到端测试园区", "orange")]
+            assert listed[0]["text"].startswith(f"MQTT 代理 {name_a} 不可达"), listed[0]["text"]
+            assert not [x for x in (await client.get("/api/v1/alarms", headers=ent)).json() if x["rule"] == "broker"]
+            one = (await client.get(f"/api/v1/alarms/{alarm.alarm_id}", headers=duty)).json()
+            assert [u["unit"] for u in one["responsible"]] == ["D1"]
+            # /api/v1/cluster (and so `hazardwatch status`) shows each broker on the leader's line
+            brokers: dict[str, Any] = {}
+            for _ in range(200):
+                inst = (await client.get("/api/v1/cluster", headers=duty)).json()["instances"]
+                brokers = inst[0]["detail"].get("brokers") or {} if inst else {}
+                if brokers.get(name_a, {}).get("connected") is False:
+                    break
+                await asyncio.sleep(0.1)
+            assert {k: v["connected"] for k, v in brokers.items()} == {name_a: False, f"127.0.0.1:{b.port}": True}
 
             a.start()  # back, with the queue it persisted for hazardwatch's session
             await until(lambda: not alarm.condition, within=60, what="the alarm cleared once A is back")
