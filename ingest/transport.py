@@ -523,6 +523,7 @@ class MqttTransport:
 
     def _shutdown(self, client: _Client) -> None:
         self.connected = False
+        self._up = False  # a restarted stage starts unreachable and says so when its session is up
         self._connected_gauge.set(0)
         self.subscribed.clear()
         with contextlib.suppress(Exception):
