@@ -63,6 +63,13 @@ def test_several_brokers_from_the_environment_and_the_site_file() -> None:
     assert [b.name for b in load_settings(site, EnvSettings(mqtt_url="mqtt://mq-c:1883")).brokers] == ["mq-c:1883"]
 
 
+def test_every_brokers_password_is_masked_in_what_the_api_shows() -> None:
+    from hazardwatch.api.redact import Redactor
+    s = load_settings(None, EnvSettings(mqtt_url="mqtt://hw:first-secret@mq-a:1883,mqtt://hw:second-secret@mq-b:1883"))
+    r = Redactor(parse_site(SITE, environ={}), s)
+    assert r.text("auth failed with first-secret and second-secret") == "auth failed with *** and ***"
+
+
 def test_a_broker_listed_twice_or_url_with_urls_is_refused_with_what_to_fix() -> None:
     with pytest.raises(SettingsError, match=r"重复列出.*listed twice"):
         load_settings(None, EnvSettings(mqtt_url="mqtt://mq-a:1883,mqtt://mq-a:1883"))
