@@ -323,3 +323,16 @@ def test_a_reading_delivered_by_both_brokers_makes_one_alarm_event_and_one_chatt
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_service_starts_when_one_of_its_brokers_answers(mqtt_url: str) -> None:
+    """Start-up waits for the database and the brokers; with several, one answering is enough (the
+    others raise their alarm if they stay away); none answering stops the start, naming each."""
+    from hazardwatch.preflight import StartupError, preflight
+    from tests.ingest_helpers import free_port
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    said: list[str] = []
+    asyncio.run(preflight(load_settings(None, EnvSettings(mqtt_url=f"{closed},{mqtt_url}")), 10, said.append))
+    with pytest.raises(StartupError, match=r"MQTT brokers .*127\.0\.0\.1.*unreachable"):
+        asyncio.run(preflight(load_settings(None, EnvSettings(mqtt_url=f"{closed},mqtt://127.0.0.1:{free_port()}")),
+                              0.5, said.append))
