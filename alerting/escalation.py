@@ -21,7 +21,7 @@ from datetime import datetime
 
 from park.model import Park, UnitInfo
 from park.site import Contact, EscalationPolicy
-from park.types import LEVELS, AlarmEvent, Level, Severity
+from park.types import LEVELS, PARK_SCOPE, AlarmEvent, Level, Severity
 from park.types import AlarmEventKind as K
 
 ROBOT = "群机器人"  # the contact name of a unit's WeCom group robot
@@ -69,7 +69,7 @@ class Escalator:
     # --- events -------------------------------------------------------------------------------
     def on_event(self, ev: AlarmEvent, now: datetime | None = None) -> list[Planned]:
         """Plan what ``ev`` calls for; ``now`` is the service's clock (escalation never runs on a reading's time)."""
-        if ev.alarm_id <= 0 or ev.enterprise not in self.park.enterprises:
+        if ev.alarm_id <= 0 or (ev.enterprise not in self.park.enterprises and ev.enterprise != PARK_SCOPE):
             return []
         tr = self.tracks.get(ev.alarm_id)
         now = ev.noticed_at or now or ev.ts
@@ -172,6 +172,22 @@ class Escalator:
               notice: bool = False, remind: bool = False) -> list[Planned]:
         ev = event or tr.event
         out: list[Planned] = []
+        if ev.enterprise == PARK_SCOPE:
+            # a park-level alarm (an MQTT broker unreachable) has no enterprise, town or district of its
+            # own: the park's duty room (else every district) is told once per step, whatever the levels
+            if not levels:
+                return out
+            if not notice and not remind:
+                first = not tr.told
+                for level in levels:
+                    if level not in tr.told:
+                        tr.told.append(level)
+                        tr.told_at[level] = due
+                if not first:
+                    return out
+            for unit in self.park.park_units():
+                out += self.recipients(ev, unit, unit.level, step, due)
+            return out
         for level in levels:
             try:
                 unit = self.park.unit_at(ev.enterprise, level)

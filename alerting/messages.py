@@ -47,10 +47,9 @@ class Renderer:
 
     def render(self, p: Planned, link: str) -> Rendered:
         ev = p.event
-        ent = self.park.enterprises.get(ev.enterprise)
         sev = ev.severity
         vals = {
-            "colour": sev.colour_zh, "grade": sev.zh, "enterprise": ent.name if ent else ev.enterprise,
+            "colour": sev.colour_zh, "grade": sev.zh, "enterprise": self.park.scope_name(ev.enterprise),
             "detail": ev.message or ev.rule, "time": to_shanghai(ev.ts).strftime("%Y-%m-%d %H:%M:%S"),
             "link": link, "by": ev.by or "", "action": str(ev.detail.get("action", "")),
             "n": p.step.split("-")[-1], "level_zh": LEVEL_ZH.get(p.level, p.level),

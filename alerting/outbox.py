@@ -130,8 +130,7 @@ def payload_of(p: Planned, park: Park, renderer: Renderer, signer: LinkSigner, p
         if p.alarm_id > 0 else ""
     r = renderer.render(p, link)
     ev = p.event
-    ent = park.enterprises.get(ev.enterprise)
-    alarm = {"id": ev.alarm_id, "enterprise": ev.enterprise, "enterprise_name": ent.name if ent else ev.enterprise,
+    alarm = {"id": ev.alarm_id, "enterprise": ev.enterprise, "enterprise_name": park.scope_name(ev.enterprise),
              "tag": ev.tag, "rule": ev.rule, "severity": ev.severity.value, "colour": ev.severity.colour_zh,
              "value": ev.value, "limit": ev.limit, "message": ev.message,
              "time": to_shanghai(ev.ts).strftime("%Y-%m-%d %H:%M:%S"), "link": link, "step": p.step}

@@ -181,6 +181,22 @@ async def preflight(settings: Settings, limit: float, say: Callable[[str], None]
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()
         await wait_for("database", safe_address(url), lambda: check_database(url), start, limit, say)
-    target = settings.mqtt
-    await wait_for("MQTT broker", broker_address(target), lambda: check_broker(target, settings.mqtt_client_id),
-                   start, limit, say)
+    targets = settings.brokers
+    if len(targets) == 1:
+        target = targets[0]
+        await wait_for("MQTT broker", broker_address(target), lambda: check_broker(target, settings.mqtt_client_id),
+                       start, limit, say)
+        return
+
+    async def any_broker() -> Failure | None:
+        # several brokers: one answering is enough to start (the others raise their alarm if they stay away)
+        failures = []
+        for t in targets:
+            failure = await check_broker(t, settings.mqtt_client_id)
+            if failure is None:
+                return None
+            failures.append(f"{broker_address(t)}: {failure.reason}")
+        return Failure("; ".join(failures), "check the brokers and the network (HAZARDWATCH_MQTT_URL, or mqtt.urls "
+                       "in the site file)")
+
+    await wait_for("MQTT brokers", ", ".join(broker_address(t) for t in targets), any_broker, start, limit, say)

@@ -62,7 +62,7 @@ from park.model import Park
 from park.proc import trim_memory
 from park.settings import Settings
 from park.site import Site
-from park.types import AlarmEvent, GatewayClock, GatewayStatus, ReadingBatch
+from park.types import AlarmEvent, BrokerState, GatewayClock, GatewayStatus, ReadingBatch
 from rules import service as rules_service
 from rules.service import RulesService
 
@@ -178,7 +178,8 @@ def journal_path(settings: Settings) -> Path:
 def service_redactor(site: Site, settings: Settings) -> redact.Redactor:
     vals = redact.secret_values(site)
     vals |= redact.url_password(settings.database_url.get_secret_value() if settings.database_url else None)
-    vals |= redact.url_password(settings.mqtt_url)
+    for url in settings.mqtt_urls or (settings.mqtt_url,):
+        vals |= redact.url_password(url)
     if settings.link_secret is not None:
         vals.add(settings.link_secret.get_secret_value())
     return redact.Redactor(vals)
@@ -292,7 +293,8 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                          links=signer, clock=clock, health=health)
         beacon = Beacon(pool, settings.instance, http_url=http_url, role=lambda: (
             leadership.role, leadership.term.epoch if leadership.term else None),
-            detail=lambda: {"mqtt_client_id": settings.mqtt_client_id, "terms": leadership.terms})
+            detail=lambda: {"mqtt_client_id": settings.mqtt_client_id, "terms": leadership.terms}
+            | ({"brokers": current["ingest"].brokers()} if current else {}))
         announced = False
 
         async def lead(term: Term) -> None:
@@ -302,7 +304,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
             treg = CollectorRegistry()  # a term's stages are new objects: their metrics too (TermMetrics)
             async with open_pool(url, min_size=2, max_size=16, name="hazardwatch-leader", wait=False,
                                  configure=fenced_sessions(term)) as tpool:
-                readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock] = \
+                readings_q: asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock | BrokerState] = \
                     asyncio.Queue(maxsize=READINGS_QUEUE)
                 alarms_q: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=ALARMS_QUEUE)
                 ingest = IngestService(settings=settings, park=park, pool=tpool, sink=readings_q, registry=treg,

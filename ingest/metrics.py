@@ -31,8 +31,8 @@ class IngestMetrics:
                          registry=registry)
         self.queue = Gauge("hazardwatch_ingest_queue_messages", "messages received but not yet acknowledged",
                            registry=registry)
-        self.connected = Gauge("hazardwatch_ingest_broker_connected", "1 while the broker session is up",
-                               registry=registry)
+        self.connected = Gauge("hazardwatch_ingest_broker_connected", "1 while the broker session is up, per broker",
+                               ["broker"], registry=registry)
         self.db_errors = Counter("hazardwatch_ingest_db_errors_total", "failed write transactions (retried)",
                                  registry=registry)
         self.seq_gaps = Counter("hazardwatch_ingest_seq_gaps_total", "gateway batches missing by seq",

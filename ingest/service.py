@@ -14,11 +14,21 @@ bounds memory, decoding goes on for what did arrive, and writing resumes by itse
 
 The stage also measures each gateway's clock (:mod:`ingest.clock`) and tells the rules, beside
 the readings and gateway status changes, with :class:`park.types.GatewayClock`.
+
+Several brokers (a park's gateways publish to whichever they reach): one transport, with its own
+persistent session and acknowledgements, per broker; one decoder and one pipeline for all. Each
+chunk of work comes from one broker and is acknowledged on that broker's connection, after the
+commit, in arrival order. A reading delivered by two brokers is stored once (the database's
+(sensor, ts) key) and judged once: the rule engine judges each sensor's readings strictly newer
+than the last it judged (``RuleEngine._prepare``), so the second copy changes nothing — no double
+count of chatter, trend samples, votes or alarm events. Each broker's session going up or down is
+told to the rules (:class:`park.types.BrokerState`), which raise the "broker unreachable" alarm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -31,18 +41,18 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
 from ingest.metrics import IngestMetrics
-from ingest.transport import Message, MqttTransport
+from ingest.transport import STAGE, Message, MqttTransport
 from ingest.writer import write_batch
 from park.clock import Clock, SystemClock
 from park.db.pool import RECONNECT_TIMEOUT
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
-from park.types import GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
+from park.types import BrokerState, GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 
 log = logging.getLogger("hazardwatch.ingest")
 
-Sink = asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock]
+Sink = asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock | BrokerState]
 
 DB_STAGE = "ingest.database"  # our name in park.health
 CHUNK_MESSAGES = 1_000  # decoded in one go: bounds how long the event loop is held
@@ -60,6 +70,7 @@ class _Work:
     decoded: Decoded
     batch: ReadingBatch | None
     messages: list[Message]
+    transport: MqttTransport  # the broker that delivered them: acknowledged on its connection
 
 
 class IngestService:
@@ -93,8 +104,19 @@ class IngestService:
         self.writers = max(1, writers if writers is not None else WRITERS)
         self.metrics = IngestMetrics(registry)
         self.decoder = Decoder(park, settings.mqtt_prefix, max_payload, settings.backfill)
-        self.transport = MqttTransport(settings.mqtt, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#",
-                                       metrics=self.metrics, health=health, now_us=self._now_us)
+        self._wake = asyncio.Event()  # some transport's inbox has messages
+        targets = settings.brokers
+        self._states: list[BrokerState] = []  # session changes not yet handed to the rules
+        self._state_wake = asyncio.Event()
+        self.transports = [
+            MqttTransport(t, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#", metrics=self.metrics,
+                          health=health, now_us=self._now_us, wake=self._wake,
+                          stage=STAGE if len(targets) == 1 else f"{STAGE}[{t.name}]",
+                          on_state=functools.partial(self._broker_state, t.name),
+                          on_settled=self._report_queue if len(targets) > 1 else None)
+            for t in targets]
+        self.transport = self.transports[0]  # the first (or only) broker
+        self._subscribed = asyncio.Event()
         self._pending: list[_Work] = []
         self._work = asyncio.Event()  # there is pending work
         self._seq = 0
@@ -114,12 +136,33 @@ class IngestService:
 
     @property
     def connected(self) -> bool:
-        return self.transport.connected
+        """At least one broker session is up and subscribed."""
+        return any(t.connected for t in self.transports)
 
     @property
     def subscribed(self) -> asyncio.Event:
-        """Set while the broker has accepted our subscription."""
-        return self.transport.subscribed
+        """Set while a broker has accepted our subscription (with one broker: that broker's event)."""
+        if len(self.transports) == 1:
+            return self.transport.subscribed
+        if any(t.subscribed.is_set() for t in self.transports):
+            self._subscribed.set()
+        else:
+            self._subscribed.clear()
+        return self._subscribed
+
+    def brokers(self) -> dict[str, dict[str, object]]:
+        """Each broker's session, for ``/api/v1/cluster`` and ``hazardwatch status``."""
+        return {t.name: {"connected": t.connected, "sessions": t.session, "failures": t.failures}
+                for t in self.transports}
+
+    def _report_queue(self) -> None:
+        self.metrics.queue.set(sum(t.held for t in self.transports))
+
+    def _broker_state(self, name: str, up: bool) -> None:
+        self._states.append(BrokerState(name, up, self.clock.now()))
+        self._state_wake.set()
+        if up and len(self.transports) > 1:
+            self._subscribed.set()
 
     async def run(self) -> None:
         assert self.settings.database_url is not None
@@ -137,8 +180,15 @@ class IngestService:
             await asyncio.shield(asyncio.to_thread(pool.close, 5.0))
 
     async def _run(self) -> None:
+        # every broker starts unreachable for the rules until its session is up: one that never
+        # answers raises its alarm after broker_unreachable_after like one lost later
+        now = self.clock.now()
+        self._states[:0] = [BrokerState(t.name, t.connected, now) for t in self.transports]
+        self._state_wake.set()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.transport.run(), name="ingest-mqtt")
+            for k, t in enumerate(self.transports):
+                tg.create_task(t.run(), name="ingest-mqtt" if k == 0 else f"ingest-mqtt-{k}")
+            tg.create_task(self._state_loop(), name="ingest-brokers")
             tg.create_task(self._decode_loop(), name="ingest-decode")
             tg.create_task(self._clock_loop(), name="ingest-clock")
             for i in range(self.writers):
@@ -146,19 +196,26 @@ class IngestService:
 
     # --- decode → rules ---------------------------------------------------------------------------
     async def _decode_loop(self) -> None:
-        transport = self.transport
+        transports = self.transports
         decode = self.decoder.decode
+        turn = 0
         while True:
-            if not transport.inbox:
-                transport.wake.clear()
-                await transport.wake.wait()
+            # the brokers take turns, a chunk each, so a backlog on one never starves the other
+            for k in range(len(transports)):
+                transport = transports[(turn + k) % len(transports)]
+                if transport.inbox:
+                    turn = (turn + k + 1) % len(transports)
+                    break
+            else:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             messages = transport.take(CHUNK_MESSAGES)
             out = Decoded()
             for topic, payload, _mid, _qos, received_us, _session in messages:
                 decode(out, topic, payload, received_us)
             batch = out.batch() if len(out) else None
-            self._pending.append(_Work(self._seq, out, batch, messages))
+            self._pending.append(_Work(self._seq, out, batch, messages, transport))
             self._seq += 1
             self._work.set()
             self.metrics.messages.inc(len(messages))
@@ -179,6 +236,17 @@ class IngestService:
                 for status in out.statuses:
                     await self.sink.put(status)
             await asyncio.sleep(0)  # let the socket and the writers have a turn between chunks
+
+    async def _state_loop(self) -> None:
+        """Broker sessions going up or down, to the rules (the "broker unreachable" alarm), in order."""
+        while True:
+            if not self._states:
+                self._state_wake.clear()
+                await self._state_wake.wait()
+                continue
+            state = self._states.pop(0)
+            if self.sink is not None:
+                await self.sink.put(state)
 
     async def _clock_loop(self) -> None:
         """Gateway clock offsets, to the rules and the metric: when one moves, or about once a minute."""
@@ -225,7 +293,7 @@ class IngestService:
             self._done[w.seq] = w
         while self._next_ack in self._done:
             w = self._done.pop(self._next_ack)
-            self.transport.settle(w.messages)
+            w.transport.settle(w.messages)
             self._next_ack += 1
 
     async def _commit(self, works: list[_Work]) -> None:

@@ -191,8 +191,17 @@ class MqttTransport:
         qos0_limit: int = QOS0_LIMIT,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         now_us: Callable[[], int] | None = None,
+        wake: asyncio.Event | None = None,
+        stage: str = STAGE,
+        on_state: Callable[[bool], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
+        self.name = target.name  # the ``broker`` label of the metrics, and the name in alarms and status
+        self.stage = stage  # our name in park.health (one per broker when there are several)
+        self._on_state = on_state  # told when the session goes up (subscribed) or down
+        self._on_settled = on_settled  # reports the queue gauge instead (several transports: their sum)
+        self._up = False
         self._now_us = now_us or _system_now_us  # stamps each message's arrival
         self.client_id = client_id
         self.topic = topic
@@ -204,7 +213,7 @@ class MqttTransport:
         self.qos0_limit = qos0_limit
         self._sleep = sleep
         self.inbox: collections.deque[Message] = collections.deque()
-        self.wake = asyncio.Event()  # the inbox has messages
+        self.wake = wake or asyncio.Event()  # the inbox has messages (shared by several transports)
         self.subscribed = asyncio.Event()
         self.connected = False
         self.session = 0  # counts connections the broker accepted
@@ -221,8 +230,22 @@ class MqttTransport:
         self._closed = asyncio.Event()
         self._connack = False
         self._stopping = False
+        self._connected_gauge = metrics.connected.labels(self.name)
+        self._connected_gauge.set(0)
         if health is not None:
-            health.register(STAGE)
+            health.register(stage)
+
+    def _state(self, up: bool) -> None:
+        self._connected_gauge.set(1 if up else 0)
+        if up != self._up:
+            self._up = up
+            if self._on_state is not None:
+                self._on_state(up)
+
+    @property
+    def held(self) -> int:
+        """Messages received and not yet settled."""
+        return self._held
 
     # --- what the pipeline calls ---------------------------------------------------------------
     def take(self, limit: int) -> list[Message]:
@@ -249,7 +272,10 @@ class MqttTransport:
                 acked += 1
         self._held -= n
         self._held_bytes -= nbytes
-        self.metrics.queue.set(self._held)
+        if self._on_settled is not None:
+            self._on_settled()
+        else:
+            self.metrics.queue.set(self._held)
         if self._paused and self._held < self.max_held // 2 and self._held_bytes < self.max_held_bytes // 2:
             self._resume()
         return acked
@@ -297,7 +323,7 @@ class MqttTransport:
         self.metrics.sessions.inc()
         # subscribe on every connect: a broker that lost the session must not leave us deaf
         client.subscribe([(self.topic, 1)])
-        log.info("broker session up (resumed: %s); subscribing to %s", flags.session_present, self.topic)
+        log.info("broker %s session up (resumed: %s); subscribing to %s", self.name, flags.session_present, self.topic)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[mqtt.ReasonCode],
                       properties: object) -> None:
@@ -309,10 +335,10 @@ class MqttTransport:
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.failures = 0
         self.connected = True
-        self.metrics.connected.set(1)
+        self._state(True)
         self.subscribed.set()
         if self.health is not None:
-            self.health.ok(STAGE)
+            self.health.ok(self.stage)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason: mqtt.ReasonCode, properties: object) -> None:
@@ -444,7 +470,7 @@ class MqttTransport:
             client._sock_close()
 
     def _unreachable(self, e: BaseException) -> None:
-        self.metrics.connected.set(0)
+        self._state(False)
         msg = f"broker {self.target.host}:{self.target.port} unreachable ({type(e).__name__}: {e})"
         if self.failures <= 3 or self.failures % 20 == 0:
             log.warning("%s; retrying", msg)
@@ -453,14 +479,17 @@ class MqttTransport:
     def _lost(self, why: str) -> None:
         was = self.connected
         self.connected = False
-        self.metrics.connected.set(0)
         self.subscribed.clear()
+        if not self._stopping:
+            self._state(False)
+        else:
+            self._connected_gauge.set(0)
         if self._stopping:
             return
         if was:
-            log.warning("broker connection lost (%s); reconnecting", why)
-            self._degraded(f"broker connection lost ({why})")
-        elif self.health is None or self.health.register(STAGE).ok:
+            log.warning("broker %s connection lost (%s); reconnecting", self.name, why)
+            self._degraded(f"broker {self.name} connection lost ({why})")
+        elif self.health is None or self.health.register(self.stage).ok:
             # closed before the session was up: a TLS alert after the handshake (no client
             # certificate), a refused CONNECT; paho logged the cause
             self._degraded(f"broker {self.target.host}:{self.target.port} closed the connection before the session "
@@ -468,7 +497,7 @@ class MqttTransport:
 
     def _degraded(self, reason: str) -> None:
         if self.health is not None and not self._stopping:
-            self.health.degraded(STAGE, reason)
+            self.health.degraded(self.stage, reason)
 
     def _pause(self) -> None:
         client = self._client
@@ -494,7 +523,8 @@ class MqttTransport:
 
     def _shutdown(self, client: _Client) -> None:
         self.connected = False
-        self.metrics.connected.set(0)
+        self._up = False  # a restarted stage starts unreachable and says so when its session is up
+        self._connected_gauge.set(0)
         self.subscribed.clear()
         with contextlib.suppress(Exception):
             if client.socket() is not None:

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from park.gases import lookup_gas, normalise_unit
 from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Unit
-from park.types import Level
+from park.types import PARK_SCOPE, Level
 from park.units import format_value, precision_for
 
 DEFAULT_INTERVAL = timedelta(seconds=60)
@@ -155,6 +155,21 @@ class Park:
             out.append(u)
             cur = u.parent
         return out
+
+    def park_units(self) -> list[UnitInfo]:
+        """Who answers for park-level alarms (``PARK_SCOPE``: an MQTT broker unreachable): the duty
+        room (``channels.delivery.duty_room``) when the site file names one, else every district."""
+        duty = self.site.channels.delivery.duty_room
+        if duty is not None and duty in self.units:
+            return [self.units[duty]]
+        return [u for u in self.units.values() if u.level == "district"]
+
+    def scope_name(self, code: str) -> str:
+        """The name of an alarm's unit: the enterprise's, or the park's for ``PARK_SCOPE``."""
+        if code == PARK_SCOPE:
+            return self.site.site.name
+        ent = self.enterprises.get(code)
+        return ent.name if ent is not None else code
 
     def unit_at(self, enterprise: str, level: Level) -> UnitInfo:
         """The unit of ``level`` responsible for ``enterprise``."""

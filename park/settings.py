@@ -147,8 +147,23 @@ class MqttTarget:
         pw = SecretStr(parts.password) if parts.password is not None else None
         return cls(u.hostname, port, tls, parts.user or None, pw, ca_file, cert_file, key_file)
 
+    @property
+    def name(self) -> str:
+        """How the broker is named in metrics, alarms and status: ``host:port``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
     def __repr__(self) -> str:
         return f"MqttTarget({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}, user={self.username!r})"
+
+
+# several brokers in one setting: a comma that starts the next URL (a password may hold commas)
+_NEXT_URL = re.compile(r"\s*,\s*(?=(?:mqtts?|tcp|ssl)://)", re.IGNORECASE)
+
+
+def split_mqtt_urls(value: str) -> list[str]:
+    """``HAZARDWATCH_MQTT_URL`` may list several brokers, comma-separated: ``mqtt://a:1883,mqtt://b:1883``."""
+    return [u.strip() for u in _NEXT_URL.split(value.strip()) if u.strip()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +184,26 @@ class Settings:
     instance: str = field(default_factory=lambda: socket.gethostname()[:100])
     lease_ttl: float = DEFAULT_LEASE_TTL
 
+    mqtt_urls: tuple[str, ...] = field(default=(), repr=False)  # every broker, mqtt_url first; () = just mqtt_url
+
     @property
     def mqtt(self) -> MqttTarget:
+        """The first (or only) broker."""
         return MqttTarget.parse(self.mqtt_url, ca_file=self.mqtt_ca_file, cert_file=self.mqtt_cert_file,
                                 key_file=self.mqtt_key_file)
+
+    @property
+    def brokers(self) -> list[MqttTarget]:
+        """Every broker hazardwatch reads from (docs/operations.en.md, "Two brokers"), in the order written."""
+        return [MqttTarget.parse(u, ca_file=self.mqtt_ca_file, cert_file=self.mqtt_cert_file,
+                                 key_file=self.mqtt_key_file) for u in (self.mqtt_urls or (self.mqtt_url,))]
 
     def safe_dict(self) -> dict[str, str]:
         """For logs and ``check-config``: secrets masked."""
         db = self.database_url.get_secret_value() if self.database_url else "(not set)"
         return {
             "database": _mask_url(db),
-            "mqtt": _mask_url(self.mqtt_url),
+            "mqtt": ", ".join(_mask_url(u) for u in (self.mqtt_urls or (self.mqtt_url,))),
             "mqtt_client_id": self.mqtt_client_id,
             "mqtt_prefix": self.mqtt_prefix,
             "http": f"{self.http_host}:{self.http_port}",
@@ -196,12 +220,27 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     db = env.database_url or (site.database.url if site else None)
     if db is not None:
         db = SecretStr(quote_db_url(db.get_secret_value()))
-    mqtt_url = env.mqtt_url or (site.mqtt.url if site else None) or "mqtt://127.0.0.1:1883"
-    parts = split_url(mqtt_url)
-    if site and site.mqtt.username and parts is not None and parts.user is None:
-        pw = site.mqtt.password.get_secret_value() if site.mqtt.password else None
-        mqtt_url = UrlParts(parts.scheme, site.mqtt.username, pw, parts.rest).quoted()
-    MqttTarget.parse(mqtt_url, ca_file=env.mqtt_ca_file, cert_file=env.mqtt_cert_file, key_file=env.mqtt_key_file)
+    if env.mqtt_url:
+        urls = split_mqtt_urls(env.mqtt_url)
+    elif site and site.mqtt.urls:
+        urls = list(site.mqtt.urls)
+    else:
+        urls = [(site.mqtt.url if site else None) or "mqtt://127.0.0.1:1883"]
+    if not urls:
+        raise SettingsError("HAZARDWATCH_MQTT_URL", "is empty: write mqtt://host:port, or several separated by commas")
+    for k, url in enumerate(urls):
+        parts = split_url(url)
+        if site and site.mqtt.username and parts is not None and parts.user is None:
+            pw = site.mqtt.password.get_secret_value() if site.mqtt.password else None
+            urls[k] = UrlParts(parts.scheme, site.mqtt.username, pw, parts.rest).quoted()
+    seen: dict[str, str] = {}
+    for url in urls:
+        t = MqttTarget.parse(url, ca_file=env.mqtt_ca_file, cert_file=env.mqtt_cert_file, key_file=env.mqtt_key_file)
+        if t.name in seen:
+            raise SettingsError("HAZARDWATCH_MQTT_URL", f"MQTT 代理 {t.name} 重复列出，每个代理只写一次"
+                                f"（broker {t.name} is listed twice; list each broker once）")
+        seen[t.name] = url
+    mqtt_url = urls[0]
     backfill = DEFAULT_BACKFILL
     if env.backfill:
         try:
@@ -229,7 +268,7 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     public = env.public_url or (site.http.public_url if site else None) or f"http://{host}:{port}"
     return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret,
                     env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill, instance,
-                    lease_ttl)
+                    lease_ttl, tuple(urls) if len(urls) > 1 else ())
 
 
 def default_client_id(database_url: str | None = None) -> str:

@@ -321,6 +321,8 @@ class DatabaseSection(Strict):
 
 class MqttSection(Strict):
     url: str | None = None
+    # several brokers (gateways publish to whichever they reach): one persistent session on each
+    urls: list[str] | None = Field(default=None, min_length=1)
     client_id: str | None = None
     prefix: str = "hw/v1"
     username: str | None = None
@@ -365,6 +367,7 @@ class SeverityDefaults(BaseModel):
     spark: Severity = Severity.RED
     fault_signal: Severity = Severity.YELLOW
     clock: Severity = Severity.BLUE  # a gateway's clock off by more than clock_skew_max
+    broker: Severity = Severity.ORANGE  # an MQTT broker unreachable longer than broker_unreachable_after
 
 
 class AlarmManagement(BaseModel):
@@ -392,6 +395,9 @@ class AlarmManagement(BaseModel):
     power_learning_weeks: int = Field(default=4, ge=1)
     # Time (docs/contract.md §8). A gateway clock further than this from hazardwatch's raises a blue alarm.
     clock_skew_max: Duration = timedelta(minutes=2)
+    # An MQTT broker hazardwatch cannot reach (or that refuses it) this long raises an orange alarm to
+    # the park, cleared when the session is back.
+    broker_unreachable_after: Duration = timedelta(seconds=30)
     # An alarm raised from a reading that arrived later than this after its own time is marked
     # backfilled (store-and-forward, 断点续传), with the delay, so people know it is late news.
     backfill_after: Duration = timedelta(minutes=2)
@@ -497,6 +503,9 @@ def semantic_problems(site: Site) -> Iterator[tuple[Loc, str]]:
     if len(set(site.site.shifts)) != len(site.site.shifts):
         yield ("site", "shifts"), "a shift start time is listed twice; give each start once, e.g. ['08:00', '20:00']"
     yield from _http_problems(site)
+    if site.mqtt.url is not None and site.mqtt.urls is not None:
+        yield ("mqtt", "urls"), ("mqtt.url 与 mqtt.urls 只能写一个（write either url for one broker or urls for "
+                                 "several, not both）")
     duty = site.channels.delivery.duty_room
     if duty is not None and duty not in seen_units:
         yield ("channels", "delivery", "duty_room"), (

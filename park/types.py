@@ -141,6 +141,23 @@ class GatewayClock:
     ts: datetime
 
 
+# The unit of park-level alarms (an MQTT broker unreachable): the ``enterprise`` of the alarm, as
+# the lifecycle already names the park in flood scopes. Escalation tells the park's duty room.
+PARK_SCOPE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    """An MQTT broker's session went up (subscribed) or down, reported by ingest to the rules.
+
+    ``broker`` names it (``host:port``); ``ts`` is hazardwatch's time of the change.
+    """
+
+    broker: str
+    connected: bool
+    ts: datetime
+
+
 class AlarmEventKind(enum.StrEnum):
     RAISED = "raised"
     UPGRADED = "upgraded"  # severity rose in place

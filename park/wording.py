@@ -31,6 +31,7 @@ key                    meaning
 ``detectors``          vote: the voting detectors' tags; ``detector_names`` their names
 ``gas_class``          vote: ``gas_combustible`` or ``gas_toxic:<GAS>``
 ``offset_s``           clock: the gateway's clock minus hazardwatch's, seconds; ``bound_s``
+``broker``             broker: the MQTT broker (``host:port``); ``down_s`` how long unreachable
 ``reason``             power: ``over_capacity`` or ``load_while_stopped``
 ``approved_kw``        power: approved capacity; ``threshold_kw``/``baseline_kw`` when stopped
 ``enterprise_state``   power: ``running`` ``stopped`` ``maintenance``
@@ -134,6 +135,9 @@ def alarm_text(rule: str, facts: Mapping[str, Any], value: float | None = None, 
         off = float(f.get("offset_s", value or 0) or 0)
         text = (f"{ent} 数据网关时钟{'慢' if off < 0 else '快'} {duration(abs(off))}"
                 f"（允许 ±{duration(f.get('bound_s', limit or 0))}），请校准网关时间")
+    elif rule == "broker":
+        text = (f"MQTT 代理 {f.get('broker', '')} 不可达（已 {duration(f.get('down_s', 0))}），"
+                "经该代理发送的网关数据收不到，请检查代理服务与网络")
     elif rule == "vote":
         cls = _KIND_CLASS.get(str(f.get("kind")), "气体")
         gas = str(f.get("gas_class", "")).partition(":")[2]

@@ -25,7 +25,7 @@ import numpy as np
 
 from park.model import Park
 from park.site import AlarmManagement, EnterpriseState
-from park.types import GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
+from park.types import BrokerState, GatewayClock, GatewayStatus, ReadingBatch, epoch_us, from_epoch_us
 from rules.base import Arrays, Context, Operator, Readings
 from rules.dust import Dust
 from rules.fault import Fault
@@ -176,6 +176,14 @@ class RuleEngine:
         """A gateway's measured clock offset: kept, and an alarm beyond ``clock_skew_max``."""
         self._begin(clock.ts)
         for s in self.liveness.on_clock(clock):
+            self.life.apply(s)
+        return self._end()
+
+    def on_broker(self, state: BrokerState) -> list[Transition]:
+        """An MQTT broker's session up or down: unreachable for ``broker_unreachable_after`` (see
+        on_tick) is an alarm to the park, cleared when the session is back."""
+        self._begin(state.ts)
+        for s in self.liveness.on_broker(state):
             self.life.apply(s)
         return self._end()
 

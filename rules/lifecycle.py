@@ -237,7 +237,7 @@ class Lifecycle:
             a.hold_until = noticed + self.cfg.chatter_hold
         now_us = epoch_us(noticed)
         fwin = int(self.cfg.flood_window.total_seconds() * 1e6)
-        for scope in (a.enterprise, "*"):
+        for scope in dict.fromkeys((a.enterprise, "*")):  # a park-level alarm counts once
             fh = self.flood_hist.setdefault(scope, deque())
             fh.append(now_us)
             while fh and now_us - fh[0] > fwin:

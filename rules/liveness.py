@@ -5,6 +5,10 @@ it for ``comm_loss_after``. A gateway whose clock is wrong is therefore never "o
 measured offset is kept (for the API and board) and an offset beyond ``clock_skew_max`` is itself
 an alarm.
 
+MQTT brokers (ingest tells every session change, :class:`park.types.BrokerState`): a broker down
+for ``broker_unreachable_after`` on hazardwatch's clock raises an alarm to the park
+(``PARK_SCOPE``), cleared when its session is back.
+
 Silence counts from the moment the rule stage starts at the earliest: a sensor that never reports
 after start is stale after its bound, an enterprise that never reports has lost communication after
 ``comm_loss_after``, and the backlog a restart releases is not mistaken for silence. Last-seen
@@ -17,7 +21,7 @@ from datetime import datetime
 
 import numpy as np
 
-from park.types import GatewayClock, GatewayStatus, epoch_us
+from park.types import PARK_SCOPE, BrokerState, GatewayClock, GatewayStatus, epoch_us
 from rules.base import NEVER, Arrays, Context, Readings, arrays_nbytes, by_id
 from rules.lifecycle import Alarm, Signal
 
@@ -42,6 +46,9 @@ class Liveness:
         self.started_us: int | None = None
         self.clocks: dict[str, GatewayClock] = {}  # the last measured offset per enterprise
         self.clock_bad: set[str] = set()
+        self.broker_down: dict[str, int] = {}  # broker → since when it is unreachable (hazardwatch's µs)
+        self.broker_bad: set[str] = set()  # brokers whose alarm is raised
+        self.broker_after_us = int(cfg.broker_unreachable_after.total_seconds() * 1e6)
 
     def start(self, now_us: int) -> None:
         """Silence counts from here at the earliest (first call with hazardwatch's time)."""
@@ -114,10 +121,33 @@ class Liveness:
             return [Signal(epoch_us(clock.ts), key, "clock", False, code, value=round(clock.offset_s, 1), order=0)]
         return []
 
+    def on_broker(self, state: BrokerState) -> list[Signal]:
+        """A broker's session up or down; the alarm itself waits for on_tick (broker_unreachable_after)."""
+        name = state.broker
+        if not state.connected:
+            self.broker_down.setdefault(name, epoch_us(state.ts))
+            return []
+        self.broker_down.pop(name, None)
+        if name in self.broker_bad:
+            self.broker_bad.discard(name)
+            return [Signal(epoch_us(state.ts), _broker_key(name), "broker", False, PARK_SCOPE, order=0)]
+        return []
+
+    def _broker_signals(self, now_us: int) -> list[Signal]:
+        out = []
+        for name, since in self.broker_down.items():
+            if name not in self.broker_bad and now_us - since >= self.broker_after_us:
+                self.broker_bad.add(name)
+                facts = {"broker": name, "down_s": round((now_us - since) / 1e6),
+                         "after_s": self.broker_after_us / 1e6, "name": self.ctx.park.site.site.name}
+                out.append(Signal(now_us, _broker_key(name), "broker", True, PARK_SCOPE,
+                                  severity=self.ctx.cfg.severity.broker, facts=facts, order=0))
+        return out
+
     # --- time ---------------------------------------------------------------------------------
     def on_tick(self, now_us: int) -> list[Signal]:
         self.start(now_us)
-        out: list[Signal] = []
+        out: list[Signal] = self._broker_signals(now_us) if self.broker_down else []
         ent_quiet = now_us - self.ent_last
         for e in np.flatnonzero((ent_quiet > self.comm_after_us) & ~self.ent_silent & ~self.ent_offline):
             self.ent_silent[e] = True
@@ -140,7 +170,9 @@ class Liveness:
         return out
 
     def next_wakeup(self, now_us: int) -> int | None:
-        return None  # the service ticks every few seconds; stale bounds are minutes
+        # the service ticks every few seconds; stale bounds are minutes; a broker's bound may be seconds
+        due = [since + self.broker_after_us for name, since in self.broker_down.items() if name not in self.broker_bad]
+        return min(due) if due else None
 
     def offsets(self) -> dict[str, tuple[float, datetime]]:
         """The last measured clock offset (seconds, gateway minus hazardwatch) per enterprise."""
@@ -176,7 +208,14 @@ class Liveness:
                 self.ent_silent[e] = True
         elif alarm.rule == "clock":
             self.clock_bad.add(alarm.enterprise)
+        elif alarm.rule == "broker" and alarm.detail.get("broker"):
+            # still down as far as we know: the new ingest stage's first session clears it
+            self.broker_bad.add(str(alarm.detail["broker"]))
 
     def nbytes(self) -> int:
         return arrays_nbytes(self.in_service, self.stale_after_s, self.last_seen, self.stale, self.ent_last,
                              self.ent_offline, self.ent_silent)
+
+
+def _broker_key(name: str) -> str:
+    return f"broker:{name}"

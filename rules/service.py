@@ -32,7 +32,15 @@ from park.health import Health
 from park.journal import DbGate, Flusher, is_transient
 from park.model import Park
 from park.site import EnterpriseState
-from park.types import AlarmEvent, AlarmEventKind, GatewayClock, GatewayStatus, ReadingBatch, Severity
+from park.types import (
+    AlarmEvent,
+    AlarmEventKind,
+    BrokerState,
+    GatewayClock,
+    GatewayStatus,
+    ReadingBatch,
+    Severity,
+)
 from rules.engine import RuleEngine
 from rules.lifecycle import Alarm, Transition
 from rules.metrics import RulesMetrics
@@ -40,7 +48,8 @@ from rules.store import load_open, load_state, message, persist, save_clocks, sa
 
 log = logging.getLogger("hazardwatch.rules")
 # what ingest hands over: readings, gateway status, and (where ingest measures them) gateway clocks
-Inbox = asyncio.Queue[ReadingBatch | GatewayStatus] | asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock]
+Inbox = (asyncio.Queue[ReadingBatch | GatewayStatus] | asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock]
+         | asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock | BrokerState])
 TICK_MAX = 5.0  # seconds between ticks at the most
 STAGE = "rules"
 ID_RESERVE = 200  # alarm ids kept in hand for an outage; refilled below half while the database answers
@@ -119,6 +128,8 @@ class RulesService:
                     if isinstance(item, ReadingBatch):
                         out = self.engine.on_batch(item, self.clock.now())
                         self.metrics.readings.inc(len(item))
+                    elif isinstance(item, BrokerState):
+                        out = self.engine.on_broker(item)
                     elif isinstance(item, GatewayClock):
                         out = self.engine.on_clock(item)
                         self._clocks[item.enterprise] = item

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from park.model import Park
+from park.types import PARK_SCOPE
 
 log = logging.getLogger("hazardwatch.api")
 
@@ -45,6 +46,11 @@ class Principal:
 
     def enterprises(self, park: Park) -> list[str]:
         return list(park.enterprises) if self.unit == PARK_UNIT else park.enterprises_under(self.unit)
+
+    def alarm_scopes(self, park: Park) -> list[str]:
+        """The ``enterprise`` values of the alarms this token sees: its enterprises, and for the
+        duty room (``park``) the park-level alarms too (``PARK_SCOPE``: an MQTT broker unreachable)."""
+        return self.enterprises(park) + ([PARK_SCOPE] if self.unit == PARK_UNIT else [])
 
 
 def hash_token(token: str) -> str:

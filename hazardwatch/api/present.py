@@ -13,7 +13,7 @@ from typing import Any
 
 from hazardwatch.api.context import jsonable
 from park.model import Park, SensorSpec
-from park.types import LEVELS, to_shanghai
+from park.types import LEVELS, PARK_SCOPE, to_shanghai
 from park.units import format_rate, format_value, precision_for, unit_text
 from park.wording import alarm_text, duration
 
@@ -103,9 +103,8 @@ def alarm_json(park: Park, row: dict[str, Any]) -> dict[str, Any]:
     unit = (spec.unit if spec else None) or row.get("unit")
     hs = _hazard_source(park, row["enterprise"], (spec.hazard_source if spec else None) or d.get("hazard_source"))
     members = _members(park, row["enterprise"], d.get("tags") or d.get("detectors"))
-    ent = park.enterprises.get(row["enterprise"])
     out |= {
-        "enterprise_name": row.get("enterprise_name") or (ent.name if ent else row["enterprise"]),
+        "enterprise_name": row.get("enterprise_name") or park.scope_name(row["enterprise"]),
         "sensor_name": spec.display_name if spec else row.get("sensor_name"),
         "precision": prec,
         "unit": unit,
@@ -131,7 +130,8 @@ def alarm_json(park: Park, row: dict[str, Any]) -> dict[str, Any]:
 def responsible(park: Park, enterprise: str) -> list[dict[str, Any]]:
     """Everyone responsible for ``enterprise``, nearest first, with a number to call."""
     out = []
-    for u in park.chain(enterprise):
+    units = park.park_units() if enterprise == PARK_SCOPE else park.chain(enterprise)
+    for u in units:
         out.append({"unit": u.code, "unit_name": u.name, "level": u.level, "level_zh": LEVEL_ZH[u.level],
                     "contacts": [{"name": c.name, "phone": c.phone, "channels": list(c.channels)}
                                  for c in u.contacts]})

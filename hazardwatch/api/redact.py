@@ -26,9 +26,9 @@ class Redactor:
         for s in (settings.database_url, settings.link_secret):
             if s is not None:
                 values.add(s.get_secret_value())
-        mq = settings.mqtt.password
-        if mq is not None:
-            values.add(mq.get_secret_value())
+        for broker in settings.brokers:  # every broker's password, not only the first's
+            if broker.password is not None:
+                values.add(broker.password.get_secret_value())
         # short values would mask ordinary words; secrets are long
         self._values = sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
 

@@ -44,7 +44,8 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_ingest_writes_in_flight": "0-3 (the writer connections); pinned at the maximum = the database "
                                            "is the bottleneck",
     "hazardwatch_ingest_queue_messages": "small (below 10,000, the in-flight window); stuck high = writes fail",
-    "hazardwatch_ingest_broker_connected": "1 on the leader; 0 for more than a few seconds = broker unreachable",
+    "hazardwatch_ingest_broker_connected": "1 per broker on the leader; 0 for more than a few seconds = that broker "
+                                           "unreachable (an orange alarm to the park after broker_unreachable_after)",
     "hazardwatch_ingest_db_errors_total": "0; rising = database outage (retried; nothing is lost)",
     "hazardwatch_ingest_seq_gaps_total": "0 or rare; rising for one gateway = it loses batches before sending",
     "hazardwatch_ingest_gateway_status_total": "rare; many offline changes = flapping gateway links",

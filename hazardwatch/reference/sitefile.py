@@ -144,6 +144,8 @@ NOTES: dict[str, str] = {
     "WebhookChannel.timeout": "one request's timeout",
     "DatabaseSection.url": "postgresql://user:password@host:5432/db (secret; may be ${ENV})",
     "MqttSection.url": "mqtt://host:1883 or mqtts://host:8883",
+    "MqttSection.urls": "several brokers, e.g. [mqtt://mq-a:1883, mqtt://mq-b:1883]: one persistent session on "
+                        "each (instead of url; HAZARDWATCH_MQTT_URL may list them comma-separated)",
     "MqttSection.client_id": "the persistent session's client id (default: hazardwatch-<host name>); keep it "
                              "stable, so a restart resumes the broker's queue",
     "MqttSection.prefix": "topic prefix devices publish under",
@@ -166,6 +168,7 @@ NOTES: dict[str, str] = {
     "SeverityDefaults.power": "power rules (production while stopped, over capacity)",
     "SeverityDefaults.spark": "spark detected",
     "SeverityDefaults.fault_signal": "a fault signal (airlock, ash discharge, interlock)",
+    "SeverityDefaults.broker": "an MQTT broker unreachable for broker_unreachable_after",
     "AlarmManagement.severity": "which colour each condition raises",
     "AlarmManagement.deadband_fraction": "deadband as a fraction of the limit, for sensors that set none",
     "AlarmManagement.on_delay": "default on-delay (on the readings' time)",
@@ -173,6 +176,8 @@ NOTES: dict[str, str] = {
     "AlarmManagement.stale_multiple": "a sensor is stale after this many usual intervals without a reading "
                                       "(on arrival time at hazardwatch)",
     "AlarmManagement.comm_loss_after": "nothing from an enterprise this long (arrival time) = communication loss",
+    "AlarmManagement.broker_unreachable_after": "an MQTT broker unreachable this long raises an alarm to the park "
+                                                "(cleared when its session is back)",
     "AlarmManagement.flatline_after": "identical values this long = stuck instrument",
     "AlarmManagement.trend_horizon": "default trend horizon",
     "AlarmManagement.trend_window": "default trend window",

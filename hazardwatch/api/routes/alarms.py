@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import Field
 
 from hazardwatch.api import queries
-from hazardwatch.api.auth import Principal
+from hazardwatch.api.auth import PARK_UNIT, Principal
 from hazardwatch.api.context import ApiContext, Auth, Ctx, jsonable
 from hazardwatch.api.models import (
     AUTH_ERRORS,
@@ -21,6 +21,7 @@ from hazardwatch.api.models import (
     UnshelveBody,
 )
 from hazardwatch.api.present import alarm_json, responsible, timeline
+from park.types import PARK_SCOPE
 from rules.errors import AlarmNotFound, InvalidTransition
 
 router = APIRouter(tags=["alarms"])
@@ -68,6 +69,8 @@ async def list_alarms(p: Auth, ctx: Ctx, state: Literal["active", "all"] = "acti
             if (enterprise is None or e == enterprise)
             and (town is None or park.in_scope(town, e))
             and (district is None or park.in_scope(district, e))]
+    if p.unit == PARK_UNIT and enterprise in (None, PARK_SCOPE) and town is None and district is None:
+        ents.append(PARK_SCOPE)  # park-level alarms (an MQTT broker unreachable): the duty room's
     async with ctx.pool.connection() as conn:
         rows = await queries.alarms(conn, ents, active=state == "active", limit=limit, offset=offset)
     return [alarm_json(park, r) for r in rows]

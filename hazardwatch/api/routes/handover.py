@@ -28,7 +28,7 @@ async def handover(p: Auth, ctx: Ctx, hours: Annotated[int | None, Query(ge=1, l
     else:
         since, until = current_shift(now, list(ctx.park.site.site.shifts), ctx.park.site.site.timezone)
     async with ctx.pool.connection() as conn:
-        s = await queries.shift_summary(conn, p.enterprises(ctx.park), since, min(until, now + timedelta(seconds=1)),
+        s = await queries.shift_summary(conn, p.alarm_scopes(ctx.park), since, min(until, now + timedelta(seconds=1)),
                                         p.unit)
     return {"since": since.isoformat(), "until": until.isoformat(),
             "shift": f"{to_shanghai(since):%m-%d %H:%M}–{to_shanghai(until):%H:%M}",
