@@ -266,6 +266,12 @@ class Elector:
                 reason = e.reason
             except (psycopg.Error, OSError) as e:
                 reason = _db_reason(e)
+                if self.core.term is not None and self.leading() is None:
+                    # The term ran out by our own clock while the statement was under way: this
+                    # process was paused or starved (SIGSTOP, a stalled loop), and the server has
+                    # ended the silent session. Not a database outage: a leader that leads on
+                    # through an outage must not do so after someone else may have taken over.
+                    reason = f"lease ran out while the renewal was under way (process paused or starved); {reason}"
             finally:
                 self._step_down(reason)  # before the session, and the lock with it, goes
                 await conn.close()
