@@ -105,7 +105,9 @@ class IngestService:
         self._last_reject_log = -REJECT_LOG_EVERY
         self._rejects_since_log = 0
         if health is not None:
-            health.register(DB_STAGE)
+            # a stage built anew (the next term's, after a failover) inherits the report its
+            # predecessor left: its first write that succeeds must clear it
+            self._db_failing = not health.register(DB_STAGE).ok
 
     def _now_us(self) -> int:
         if type(self.clock) is SystemClock:  # the common case, without a datetime per message
