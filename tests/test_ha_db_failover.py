@@ -141,6 +141,11 @@ async def service(site: Site, db_url: str, mqtt_url: str, prefix: str
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+async def _ready_and_live(client: httpx.AsyncClient) -> bool:
+    r = await client.get("/readyz")
+    return r.status_code == 200 and r.json()["live_stream"] is True
+
+
 async def _status(client: httpx.AsyncClient, path: str, want: int) -> bool:
     try:
         return (await client.get(path)).status_code == want
@@ -209,7 +214,7 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
                                                       " AND due_at <= now()"),
                                 "every message recorded as sent on the new primary", 90)
                     # the API: its pool, an operator command through the leader (LISTEN both ways)
-                    await until(lambda: _status(client, "/readyz", 200), "/readyz 200", 90)
+                    await until(lambda: _ready_and_live(client), "/readyz 200, the boards' live feed connected", 90)
                     r = await client.get("/api/v1/alarms", headers=headers)
                     assert r.status_code == 200, r.text
                     [aid] = [a["id"] for a in r.json() if a["tag"] == "AT-1"]
