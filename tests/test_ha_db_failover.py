@@ -159,7 +159,8 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
         mqtt_url: str, topic_prefix: str, stand_ins: StandIns, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     sms, robot = stand_ins.sms, stand_ins.robot
-    with primary_and_replica(ports=(free_port(*PORTS), free_port(PORTS[0] + 1, PORTS[1]))) as (primary, replica):
+    first = free_port(*PORTS)  # two different ports: neither is bound until the servers start
+    with primary_and_replica(ports=(first, free_port(first + 1, PORTS[1]))) as (primary, replica):
         synchronous(primary)  # an acknowledged commit is on the replica (see the module docstring)
         url = multi_host_url(primary, replica)
         figures: dict[str, float] = {}
@@ -185,7 +186,11 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
                         {"ts": int(time.time() * 1000), "points": [{"tag": "AT-1", "value": 60}]}))
                     await until(lambda: sms.held >= 1, "the HH alarm's SMS in flight during the outage")
                     figures["hh_to_sms_request_s"] = time.monotonic() - stopped
-                    await until(lambda: lead.elector.role == "offline", "the lease session sees the primary gone")
+                    # the outage seen by every stage before the promotion: the lease, ingest's writers, the
+                    # alarm path (alarms and messages in the local journal)
+                    await until(lambda: lead.elector.role == "offline" and not h.gate.up
+                                and not h.health.report().get("ingest.database", {"ok": True})["ok"],
+                                f"the outage seen: {lead.elector.role}, {h.health.report()}")
                     assert not task.done()
                     await asyncio.to_thread(replica.promote)
                     promoted = time.monotonic()
