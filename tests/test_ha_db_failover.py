@@ -191,6 +191,11 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
                     await until(lambda: lead.elector.role == "offline" and not h.gate.up
                                 and not h.health.report().get("ingest.database", {"ok": True})["ok"],
                                 f"the outage seen: {lead.elector.role}, {h.health.report()}")
+                    # ... and lasting, as a failover manager's seconds do: the lease session has failed to
+                    # reconnect five times (capped back-off, a few seconds), the shared pool several times
+                    await until(lambda: lead.elector._failures >= 5
+                                and h.pool.get_stats().get("connections_errors", 0) >= 3,
+                                "reconnect attempts fail during the outage", 60)
                     assert not task.done()
                     await asyncio.to_thread(replica.promote)
                     promoted = time.monotonic()
@@ -254,12 +259,13 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
                                              f"never published: {sorted(set(got) - set(want))[:5]}")
         assert len(stored_ts(replica, "AT-1")) == 1
         assert len(rows(replica, "SELECT 1 FROM alarms WHERE tag = 'AT-1'")) == 1
-        # the HH alarm: each recipient told exactly once. The SMS cut off in flight goes out again with the
-        # same idempotency key, which the gateway drops (the contract): one id, delivered once
+        # the HH alarm: each recipient told exactly once. An attempt the slow gateway did not answer in time
+        # is retried, and the one cut off in flight goes out again from the new term, all with the same
+        # idempotency key, which the gateway drops (the contract): one id, delivered once
         delivered = [json.loads(r["body"])["phone"] for r in sms.ok()]
         assert delivered == [ENTERPRISE], delivered
         ids = {json.loads(r["body"])["id"] for r in sms.requests}
-        assert len(ids) == 1 and len(sms.requests) <= 2, sms.requests
+        assert len(ids) == 1, ids
         print(f"SMS requests {len(sms.requests)}, repeats dropped by the gateway {len(sms.duplicates())}")
         assert len(robot.requests) == 1 and robot.ok(), robot.requests
         assert rows(replica, "SELECT count(*) FROM (SELECT idempotency_key FROM notifications WHERE outcome = 'sent'"
