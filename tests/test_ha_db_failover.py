@@ -41,7 +41,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from hazardwatch.service import ServiceHandle, run_service
-from ingest.service import writers_pool
+from ingest.service import IngestService, writers_pool
 from park.clock import SystemClock
 from park.settings import EnvSettings, load_settings
 from park.site import Site
@@ -239,9 +239,9 @@ def test_the_whole_service_follows_a_database_failover_by_itself(
                                 and want_listen <= {q for _, q in sessions(replica)},
                                 f"every stage's sessions on the new primary: {sessions(replica)}", 90)
                     await until(lambda: h.health.all_ok, f"every stage well: {h.health.report()}", 90)
-                finally:
-                    published = gw.stop()
-                    gw.close()
+                finally:  # in threads: the service shares this event loop (a blocked loop is a paused leader)
+                    published = await asyncio.to_thread(gw.stop)
+                    await asyncio.to_thread(gw.close)
                 # every reading the broker took is stored once (those in flight at the stop redelivered)
                 await until(lambda: len(stored_ts(replica, "X")) >= len(published), "every reading stored", 90)
                 assert not task.done(), "the service ended"
@@ -314,3 +314,38 @@ def test_ingest_writers_skip_a_first_host_that_vanished(make_database) -> None: 
         finally:
             pool.close(5)
     assert took < 30, took
+
+
+def test_ingest_built_for_a_new_term_clears_the_degraded_report_it_inherits(make_database) -> None:  # type: ignore[no-untyped-def]
+    """After a failover the next term's ingest is a new object on the same ``Health``: the report its
+    predecessor left (writes failing) must be cleared by its first good write, or /readyz stays 503."""
+    from park.db.registry import sync_registry
+    from park.health import Health
+    from park.sitefile import parse_site
+    from tests.test_ha_fencing import SITE
+
+    url = make_database("postgres", "hdbfail")
+    site = parse_site(SITE, environ={})
+
+    async def go() -> None:
+        from tests.ha_helpers import migrated
+
+        await migrated(url)
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            park = await sync_registry(conn, site)
+            await conn.commit()
+        settings = load_settings(site, EnvSettings(database_url=url, mqtt_client_id="hdbfail-x"))
+        health = Health()
+        health.degraded("ingest.database", "writing readings fails: OperationalError")  # the last term's
+        svc = IngestService(settings=settings, park=park, pool=None, sink=None,  # type: ignore[arg-type]
+                            registry=CollectorRegistry(), health=health)
+        pool = writers_pool(url, 1)
+        pool.open()
+        svc._writers_pool = pool
+        try:
+            await svc._commit([])  # one good write (nothing in it)
+        finally:
+            pool.close()
+        assert health.all_ok, health.report()
+
+    asyncio.run(go())
