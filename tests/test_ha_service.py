@@ -208,7 +208,7 @@ def test_leader_frozen_past_its_lease_writes_and_sends_nothing_when_resumed(
     to_town = [r for r in sms.requests if json.loads(r["body"])["phone"] == TOWN]
     assert len(to_town) == 1, f"the town's message reached the gateway {len(to_town)} times (the resumed a sent it)"
     assert sms.duplicates() == [], "a message went out twice (the resumed leader sent it again)"
-    assert lease(db)[0] == pair.epoch + 1
+    assert lease(db)[0] == pair.epoch + 1, pair.logs()
 
 
 def park_token(db: str, config: Path) -> str:
