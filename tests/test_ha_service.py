@@ -161,8 +161,10 @@ def test_leader_frozen_past_its_lease_writes_and_sends_nothing_when_resumed(
     """``a`` freezes itself (tests.freeze_hook) the moment it has claimed the town's SMS — the row is
     ``sending`` in the database, the message not yet sent — and stays frozen past its lease; ``b``
     takes over and sends it. Resumed, ``a`` holds that message and the rule stage's learned state
-    (written when a term's stages stop): without the send check it would send the town a second
-    time, without the database's fence it would write with its old term. It must do neither."""
+    (written when a term's stages stop): without the database's fence it writes with its old term
+    (the snapshot, every time: this test then fails); without the send check it may send the town a
+    second time — in most runs the local clock's cancellation stops the stage first, so that check
+    is proven on its own by ``test_ha_fencing.test_alerting_does_not_send_when_it_may_not``."""
     db = make_database("postgres", "hwha2")
     pair = Pair(db, mqtt_url, topic_prefix, tmp_path, sms, town="6s", district="12s",
                 a_env={"HW_TEST_FREEZE_PHONE": TOWN}, a_module="tests.freeze_hook")
