@@ -132,8 +132,11 @@ class AlertingService:
             if self._channels is None:
                 self.worker.channels = build_channels(self.park, client)
             resent = 0
+            if self.local is not None:
+                # journal messages a stopped delivery of this stage left "sending" (no other delivers them)
+                resent += self.local.journal.requeue_sending()
             if not self._recovered:  # only at process start: after an in-process restart leases cover it
-                resent = await self.pg.recover()
+                resent += await self.pg.recover()
                 self._recovered = True
             n = await self.restore()
             self.restored.set()

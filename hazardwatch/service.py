@@ -263,6 +263,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
         if not gate.up:
             log.warning("the local journal holds %d entries from before the last stop: writing them now",
                         len(journal))
+            journal.requeue_sending()  # a delivery the stop cut off: it goes out again
             await flusher.flush()  # before the stages restore from the database
         signer = LinkSigner(await link_secret(pool, settings))
         elector = Elector(url, settings.instance, ttl=settings.lease_ttl,
@@ -300,6 +301,11 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
         async def lead(term: Term) -> None:
             """The leader's stages for one term; cancelled when the term ends."""
             nonlocal announced
+            # a journal message the last term's alerting was sending when it stopped stays "sending", and
+            # the flusher waits for a delivery that will never record: it goes out again, same key
+            if n := journal.requeue_sending():
+                log.warning("%d message(s) of the local journal were being sent when the last term ended: "
+                            "sending them again (same idempotency key)", n)
             await _flush_first(flusher, gate)  # an outage's alarms are in the database before the stages restore
             treg = CollectorRegistry()  # a term's stages are new objects: their metrics too (TermMetrics)
             async with open_pool(url, min_size=2, max_size=16, name="hazardwatch-leader", wait=False,
@@ -352,11 +358,14 @@ async def _flush_first(flusher: Flusher, gate: DbGate) -> None:
     while not gate.up:
         try:
             await flusher.flush()
+            if gate.up:
+                return
         except Exception as e:
             if not is_transient(e):
                 raise
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(5.0, delay * 2)
+        # the database away, or something kept the gate shut: look again later, never in a tight loop
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(5.0, delay * 2)
 
 
 async def _announce(h: ServiceHandle, on_ready: Callable[[ServiceHandle], None] | None) -> None:

@@ -44,7 +44,7 @@ from ingest.metrics import IngestMetrics
 from ingest.transport import STAGE, Message, MqttTransport
 from ingest.writer import write_batch
 from park.clock import Clock, SystemClock
-from park.db.pool import RECONNECT_TIMEOUT
+from park.db.pool import RECONNECT_TIMEOUT, connect_defaults
 from park.health import Health
 from park.model import Park
 from park.settings import Settings
@@ -127,7 +127,9 @@ class IngestService:
         self._last_reject_log = -REJECT_LOG_EVERY
         self._rejects_since_log = 0
         if health is not None:
-            health.register(DB_STAGE)
+            # a stage built anew (the next term's, after a failover) inherits the report its
+            # predecessor left: its first write that succeeds must clear it
+            self._db_failing = not health.register(DB_STAGE).ok
 
     def _now_us(self) -> int:
         if type(self.clock) is SystemClock:  # the common case, without a datetime per message
@@ -168,9 +170,7 @@ class IngestService:
         assert self.settings.database_url is not None
         # the writers' own connections, used from worker threads (see ingest.writer); opened without
         # waiting, so the stage starts, and feeds the rules, while the database is away
-        pool = ConnectionPool(self.settings.database_url.get_secret_value(), min_size=0, max_size=self.writers,
-                              open=False, name="hazardwatch-ingest", reconnect_timeout=RECONNECT_TIMEOUT,
-                              kwargs={"autocommit": False, "application_name": "hazardwatch-ingest"})
+        pool = writers_pool(self.settings.database_url.get_secret_value(), self.writers)
         await asyncio.to_thread(pool.open, False)
         self._writers_pool = pool
         try:
@@ -351,6 +351,15 @@ class IngestService:
                         first.reason.value, first.topic[:120], first.detail)
             self._last_reject_log = now
             self._rejects_since_log = 0
+
+
+def writers_pool(url: str, size: int) -> ConnectionPool:
+    """The writers' own connections (unopened): the same connect defaults as the shared pool, so a
+    writer never waits forever on a host of a multi-host URL that vanished (a failover)."""
+    return ConnectionPool(url, min_size=0, max_size=size, open=False, name="hazardwatch-ingest",
+                          reconnect_timeout=RECONNECT_TIMEOUT,
+                          kwargs={"autocommit": False, "application_name": "hazardwatch-ingest",
+                                  **connect_defaults(url)})
 
 
 def _concat(batches: list[ReadingBatch]) -> ReadingBatch | None:

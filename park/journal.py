@@ -154,6 +154,13 @@ class Journal:
         sets = ", ".join(f"{k} = ?" for k in conv)
         self._db.execute(f"UPDATE messages SET {sets} WHERE key = ?", (*conv.values(), key))
 
+    def requeue_sending(self) -> int:
+        """Messages left ``sending`` by a delivery that was stopped mid-way (a term's stages cancelled,
+        the process killed) go back to ``pending``: they are sent again with the same idempotency key.
+        Call only while no delivery from the journal is in flight. Returns how many."""
+        cur = self._db.execute("UPDATE messages SET status = 'pending' WHERE status = 'sending'")
+        return int(cur.rowcount)
+
     def remove_messages(self, keys: Iterable[str]) -> None:
         self._db.executemany("DELETE FROM messages WHERE key = ?", [(k,) for k in keys])
 

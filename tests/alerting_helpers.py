@@ -25,6 +25,9 @@ class VendorServer:
         self.delivered: set[str] = set()
         self.faults: list[str] = []  # "500", "slow", "429", "45009" … consumed one per request
         self.fail_status: int | None = None  # while set, every request is answered with this status
+        self.hold = threading.Event()  # cleared: requests wait (up to a minute) until it is set again
+        self.hold.set()
+        self.held = 0  # requests waiting on the hold now
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -36,6 +39,12 @@ class VendorServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 req = {"method": method, "path": u.path, "query": dict(parse_qsl(u.query)),
                        "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                if not outer.hold.is_set():  # a gateway slow to answer: the request is in flight meanwhile
+                    with outer.lock:
+                        outer.held += 1
+                    outer.hold.wait(60)
+                    with outer.lock:
+                        outer.held -= 1
                 with outer.lock:
                     fault = outer.faults.pop(0) if outer.faults else None
                     if outer.fail_status is not None:

@@ -33,19 +33,25 @@ def pg_bin() -> Path:
     return majors[-1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(lo: int = 0, hi: int = 0) -> int:
+    """A free TCP port of 127.0.0.1: any, or the first free one in ``lo … hi`` (a range set aside for the test)."""
+    for port in range(lo, hi + 1) if lo else [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port in {lo}–{hi}")
 
 
 class PgNode:
     """One PostgreSQL server of the test's own."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, port: int = 0) -> None:
         self.root, self.name = root, name
         self.data = root / name
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = root / f"{name}.log"
 
     @property
@@ -92,12 +98,13 @@ class PgNode:
 
 
 @contextmanager
-def primary_and_replica() -> Iterator[tuple[PgNode, PgNode]]:
-    """A primary and a streaming replica made from it with ``pg_basebackup -R``, both running."""
+def primary_and_replica(ports: tuple[int, int] = (0, 0)) -> Iterator[tuple[PgNode, PgNode]]:
+    """A primary and a streaming replica made from it with ``pg_basebackup -R``, both running
+    (on ``ports`` if given, else on any free ones)."""
     root = Path(tempfile.mkdtemp(prefix="hwha-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    primary, replica = PgNode(root, "primary"), PgNode(root, "replica")
+    primary, replica = PgNode(root, "primary", ports[0]), PgNode(root, "replica", ports[1])
     try:
         primary.initdb()
         primary.start()
@@ -123,6 +130,26 @@ def wait_streaming(primary: PgNode, within: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no replica streaming from {primary.url} within {within} s")
             time.sleep(0.1)
+
+
+def synchronous(primary: PgNode, within: float = 60) -> None:
+    """Make the primary's commits wait for the replica (``synchronous_standby_names = '*'``,
+    ``synchronous_commit = on``): a commit acknowledged to the client is on the replica too.
+
+    Set with ``ALTER SYSTEM`` on the primary only (``postgresql.auto.conf`` is not replicated): a
+    promoted replica, with no standby of its own, must not wait for one."""
+    with psycopg.connect(primary.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
+        conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + within
+        while True:
+            row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()
+            if row and row[0] >= 1:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica of {primary.url} did not become synchronous within {within} s")
+            time.sleep(0.05)
 
 
 def multi_host_url(*nodes: PgNode, dbname: str = "postgres", **params: str) -> str:

@@ -162,3 +162,57 @@ def test_alerting_does_not_send_when_it_may_not(make_database) -> None:
             assert sms.sent == []
 
     run(go())
+
+
+def test_a_leader_whose_renewal_fails_after_its_term_ran_out_does_not_lead_on_offline(make_database) -> None:
+    """Frozen mid-renewal: when the process resumes, the server has ended its lease session and the
+    renewal fails with a database error. That is a pause, not an outage: the instance must step down
+    as a standby, not "lead on through the local journal" (which would let it send while another
+    instance leads)."""
+    url = make_database("postgres", "hwha2")
+
+    async def go() -> None:
+        await migrated(url)
+        now = [1000.0]
+        el = Elector(url, "a", ttl=5.0, retry_every=0.1, monotonic=lambda: now[0])
+        lead = Leadership(el)
+        seen: list[tuple[str, bool, str]] = []  # (role, may_act, reason) at every change of role
+        el.listen(lambda role, term, reason: seen.append((role, lead.may_act(), reason)))
+
+        async def work(term: Term) -> None:
+            await asyncio.Event().wait()
+
+        tasks = [asyncio.create_task(el.run()), asyncio.create_task(lead.run(work))]
+        try:
+            await until(lambda: lead.may_act(), "a leads")
+            async with await psycopg.AsyncConnection.connect(url) as blocker:
+                # the next renewal waits on the lease row: a renewal under way
+                await blocker.execute("SELECT 1 FROM ha_lease WHERE name = 'leader' FOR UPDATE")
+
+                async def renewal_waiting() -> bool:
+                    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+                        cur = await c.execute("SELECT pid FROM pg_stat_activity WHERE application_name ="
+                                              " 'hazardwatch-lease a' AND wait_event_type = 'Lock'")
+                        pids[:] = [r[0] for r in await cur.fetchall()]
+                        return bool(pids)
+
+                pids: list[int] = []
+                await until(renewal_waiting, "the renewal waits on the lease row")
+                mark = len(seen)
+                now[0] += 5.0  # the process was frozen past its term (by its own clock) ...
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+                    # ... and meanwhile the server ended its silent session
+                    await c.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+                await until(lambda: el.core.term is None, "a steps down")
+                await blocker.rollback()
+            after = seen[mark:]
+            assert after, "no change of role seen"
+            assert all(role != "offline" and not may for role, may, _ in after), after
+            assert "paused" in after[0][2], after
+            assert not lead.offline_kept and not lead.may_act()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(go())

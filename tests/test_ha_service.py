@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from hazardwatch.benchmarks.failover import (
@@ -44,21 +45,21 @@ class Pair:
     """Instance ``a`` leading, ``b`` standing by, on one database and one broker session."""
 
     def __init__(self, db: str, mqtt_url: str, prefix: str, tmp: Path, sms: VendorServer, town: str,
-                 district: str) -> None:
+                 district: str, a_env: dict[str, str] | None = None, a_module: str = "hazardwatch") -> None:
         self.db, self.mqtt_url, self.prefix, self.tmp = db, mqtt_url, prefix, tmp
         self.config = tmp / "site.yaml"
         self.config.write_text(site_text(sms.url, town=town, district=district), encoding="utf-8")
         self.insts: list[Instance] = []
-        self.a = self.start("a")
+        self.a = self.start("a", a_env, a_module)
         wait(lambda: leads(db, self.a), "a leads", 120)
         self.b = self.start("b")
         wait(self.b.healthy, "b serves its API", 120)
         assert lease(db)[1] == "a", "b took the lease from a running leader"
         self.epoch = lease(db)[0]
 
-    def start(self, name: str) -> Instance:
+    def start(self, name: str, env: dict[str, str] | None = None, module: str = "hazardwatch") -> Instance:
         inst = start_instance(name, self.config, database_url=self.db, mqtt_url=self.mqtt_url, prefix=self.prefix,
-                              workdir=self.tmp)
+                              workdir=self.tmp, extra_env=env, module=module)
         self.insts.append(inst)
         return inst
 
@@ -123,38 +124,93 @@ def test_leader_killed_mid_stream_and_mid_escalation(make_database: Callable[...
     assert lease(db)[0] == pair.epoch + 1
 
 
+# every table migration 0060 fences; each row written to them is noted with the writer's term
+FENCED = ("alarms", "alarm_events", "outbox", "notifications", "commands", "units", "rules_state")
+AUDIT = """
+CREATE TABLE test_write_audit (id bigserial PRIMARY KEY, tbl text NOT NULL, op text NOT NULL, term text,
+                               at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE FUNCTION test_write_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO test_write_audit (tbl, op, term)
+    VALUES (TG_TABLE_NAME, TG_OP, nullif(current_setting('hazardwatch.lease', true), ''));
+    RETURN NULL;
+END $$;
+"""
+
+
+def audit_writes(db: str) -> None:
+    """Note every row written to a fenced table, with the term of the session that wrote it (an
+    observer: AFTER ... FOR EACH ROW, so a write the fence refused leaves no note)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(AUDIT)
+        for t in FENCED:
+            conn.execute(f"CREATE TRIGGER test_audit_{t} AFTER INSERT OR UPDATE OR DELETE ON {t}"
+                         " FOR EACH ROW EXECUTE FUNCTION test_write_audit()")
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 @pytest.mark.slow
 def test_leader_frozen_past_its_lease_writes_and_sends_nothing_when_resumed(
         make_database: Callable[..., str], mqtt_url: str, topic_prefix: str, tmp_path: Path,
         sms: VendorServer) -> None:
+    """``a`` freezes itself (tests.freeze_hook) the moment it has claimed the town's SMS — the row is
+    ``sending`` in the database, the message not yet sent — and stays frozen past its lease; ``b``
+    takes over and sends it. Resumed, ``a`` holds that message and the rule stage's learned state
+    (written when a term's stages stop): without the database's fence it writes with its old term
+    (the snapshot, every time: this test then fails); without the send check it may send the town a
+    second time — in most runs the local clock's cancellation stops the stage first, so that check
+    is proven on its own by ``test_ha_fencing.test_alerting_does_not_send_when_it_may_not``."""
     db = make_database("postgres", "hwha2")
-    pair = Pair(db, mqtt_url, topic_prefix, tmp_path, sms, town="6s", district="12s")
+    pair = Pair(db, mqtt_url, topic_prefix, tmp_path, sms, town="6s", district="12s",
+                a_env={"HW_TEST_FREEZE_PHONE": TOWN}, a_module="tests.freeze_hook")
+    audit_writes(db)
     pub = Publisher(mqtt_url)
     try:
         start = datetime.now(UTC) - timedelta(minutes=2)
         gas(pub, topic_prefix, "AT-1")
         wait(lambda: sent(db, ENTERPRISE), "the enterprise told by a, and recorded", 60)
         stream(pub, topic_prefix, "TT-1", start, 0, READINGS // 2)
-        pair.a.signal(signal.SIGSTOP)  # its town and district steps fall due while it is frozen
+        # the town step falls due: a claims it and freezes with it in hand
+        wait(lambda: "freeze hook: stopping" in pair.a.text() and stopped(pair.a.proc.pid),
+             "a frozen with the town's message claimed", 60)
+        assert query(db, "SELECT status FROM outbox WHERE payload->>'address' = %s", (TOWN,)) == [("sending",)]
+        assert phones(sms, "AT-1") == [ENTERPRISE], "the town's message went out before the freeze"
         stream(pub, topic_prefix, "TT-1", start, READINGS // 2, READINGS - READINGS // 2)
         wait(lambda: leads(db, pair.b, pair.epoch), "b leads", 120)
         wait(lambda: sent(db, TOWN), "the town told by b", 120)
         events_before = query(db, "SELECT count(*) FROM alarm_events")[0][0]
+        [(mark,)] = query(db, "SELECT coalesce(max(id), 0) FROM test_write_audit")
         pair.a.signal(signal.SIGCONT)
+        wait(lambda: "freeze hook: resumed" in pair.a.text(), "a resumed", 60)
         wait(lambda: "standing by" in pair.a.text() or "steps down" in pair.a.text(), "a steps down", 60)
         wait(lambda: query(db, "SELECT role FROM ha_instances WHERE instance = 'a'") == [("standby",)],
              "a reports itself standby", 60)
+        wait(lambda: f"term {pair.epoch} over" in pair.a.text() or f"term {pair.epoch}:" in pair.a.text(),
+             "a's old stages ended", 60)
         wait(lambda: sent(db, DISTRICT), "the district told by b", 120)
         wait(lambda: stored(db, "TT-1")[0] >= READINGS, "every reading stored", 120)
         assert pair.a.alive(), pair.logs()
         assert query(db, "SELECT count(*) FROM alarm_events")[0][0] == events_before
+        # nothing written with a's old term once it resumed (the learned-state snapshot a term's
+        # stages take as they stop included); the fence refused it, so the audit saw no row
+        old_term = f"leader/{pair.epoch}/%"
+        late = query(db, "SELECT tbl, op, term FROM test_write_audit WHERE id > %s AND term LIKE %s",
+                     (mark, old_term))
+        assert late == [], f"the resumed old leader wrote: {late}\n{pair.logs()}"
     finally:
         pub.close()
         pair.close()
     assert stored(db, "TT-1") == (READINGS, READINGS)
     assert sorted(phones(sms, "AT-1")) == sorted([ENTERPRISE, TOWN, DISTRICT]), pair.logs()
+    to_town = [r for r in sms.requests if json.loads(r["body"])["phone"] == TOWN]
+    assert len(to_town) == 1, f"the town's message reached the gateway {len(to_town)} times (the resumed a sent it)"
     assert sms.duplicates() == [], "a message went out twice (the resumed leader sent it again)"
-    assert lease(db)[0] == pair.epoch + 1
+    assert lease(db)[0] == pair.epoch + 1, pair.logs()
 
 
 def park_token(db: str, config: Path) -> str:

@@ -38,6 +38,7 @@ from hazardwatch.api.auth import TOKENS_CHANNEL, Principal, TokenBook
 from hazardwatch.api.context import Auth, Ctx
 from hazardwatch.api.present import alarm_json
 from park.clock import Clock
+from park.db.pool import connect_defaults
 from park.model import Park
 
 log = logging.getLogger("hazardwatch.api")
@@ -174,8 +175,10 @@ class StreamHub:
             delay = 0.5
 
     async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True,
-                                                         connect_timeout=5) as conn:
+        # keepalives (connect_defaults): a listener on a primary that vanished must fail, not wait on
+        # a silent socket, so it reconnects to the promoted one
+        kw: dict[str, Any] = {**connect_defaults(self.listen_url), "connect_timeout": 5}
+        async with await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True, **kw) as conn:
             await conn.execute(f"LISTEN {ALARMS_CHANNEL}")
             await conn.execute(f"LISTEN {TOKENS_CHANNEL}")
             await self.tokens.refresh()

@@ -175,9 +175,11 @@ class Instance:
 
 
 def start_instance(name: str, config: Path, *, database_url: str, mqtt_url: str, prefix: str, workdir: Path,
-                   lease_ttl: str = "2s", extra_env: dict[str, str] | None = None) -> Instance:
+                   lease_ttl: str = "2s", extra_env: dict[str, str] | None = None,
+                   module: str = "hazardwatch") -> Instance:
     """Start ``hazardwatch run`` as instance ``name`` (its own data directory and HTTP port; no client id
-    set, so every instance of the database shares the broker session)."""
+    set, so every instance of the database shares the broker session). ``module``: what ``python -m``
+    runs (a test's wrapper that injects a fault, then runs hazardwatch's command line)."""
     data = workdir / name
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -189,7 +191,7 @@ def start_instance(name: str, config: Path, *, database_url: str, mqtt_url: str,
     env.update(extra_env or {})
     log = workdir / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hazardwatch", "run", "--config", str(config)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", module, "run", "--config", str(config)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     return Instance(name, proc, log, f"http://127.0.0.1:{port}", env)
 

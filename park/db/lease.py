@@ -266,6 +266,12 @@ class Elector:
                 reason = e.reason
             except (psycopg.Error, OSError) as e:
                 reason = _db_reason(e)
+                if self.core.term is not None and self.leading() is None:
+                    # The term ran out by our own clock while the statement was under way: this
+                    # process was paused or starved (SIGSTOP, a stalled loop), and the server has
+                    # ended the silent session. Not a database outage: a leader that leads on
+                    # through an outage must not do so after someone else may have taken over.
+                    reason = f"lease ran out while the renewal was under way (process paused or starved); {reason}"
             finally:
                 self._step_down(reason)  # before the session, and the lock with it, goes
                 await conn.close()
@@ -283,7 +289,12 @@ class Elector:
                 raise DatabaseError(f"leadership needs PostgreSQL 14 or newer (idle_session_timeout); the server "
                                     f"is {conn.info.server_version}")
             # The server ends this session — and frees the lock — when the leader stops talking.
-            await conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (str(int(self.ttl * 1000)),))
+            # synchronous_commit = local: a renewal must not wait for a synchronous replica that is
+            # down (the leader would step down and nobody lead); losing one in a failover is harmless,
+            # advisory locks are not replicated and the instances campaign again. A takeover still
+            # waits for it (see _campaign).
+            await conn.execute("SELECT set_config('idle_session_timeout', %s, false),"
+                               " set_config('synchronous_commit', 'local', false)", (str(int(self.ttl * 1000)),))
         except BaseException:
             await conn.close()
             raise
@@ -302,7 +313,10 @@ class Elector:
         async with conn.transaction():
             # Writers of the old term hold KEY SHARE locks (fence): wait for them — at most ttl,
             # since fence() limits their idle time — and take the row only then.
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(int(self.ttl * 3000)),))
+            await conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                               # a new term is on the synchronous replica before anyone acts on it: a
+                               # failover must not bring back the previous term as current (fencing)
+                               " set_config('synchronous_commit', 'on', true)", (str(int(self.ttl * 3000)),))
             await conn.execute("INSERT INTO ha_lease (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (self.name,))
             await conn.execute("SELECT 1 FROM ha_lease WHERE name = %s FOR UPDATE", (self.name,))
             cur = await conn.execute(

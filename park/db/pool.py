@@ -63,18 +63,13 @@ async def open_pool(
     wait out the pool's timeout for a healthy one; after a restart or a failover each dead
     connection fails once and is dropped.
     """
-    try:
-        given = conninfo_to_dict(url)
-    except Exception:  # refused when connecting, with the address only (see below)
-        given = {}
     pool = Pool(
         url,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"autocommit": False, "application_name": name,
-                **{k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}},
+        kwargs={"autocommit": False, "application_name": name, **connect_defaults(url)},
         reconnect_timeout=RECONNECT_TIMEOUT,
         configure=configure,
     )
@@ -91,6 +86,17 @@ async def open_pool(
         yield pool
     finally:
         await pool.close()
+
+
+def connect_defaults(url: str) -> dict[str, str]:
+    """``CONNECT_DEFAULTS`` without what ``url`` sets itself: the keyword arguments every connection
+    of the service takes (a pool's, a writer's, a ``LISTEN`` connection's), so that none of them
+    waits forever on a host that vanished — the first host of a multi-host URL after a failover."""
+    try:
+        given = conninfo_to_dict(url)
+    except Exception:  # refused when connecting, with the address only (see open_pool)
+        given = {}
+    return {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
 
 
 def safe_address(url: str) -> str:

@@ -1,0 +1,36 @@
+"""``python -m tests.freeze_hook run …``: ``hazardwatch`` with one fault injected — the process stops
+itself (SIGSTOP) the moment its alerting stage has claimed an outbox row addressed to
+``HW_TEST_FREEZE_PHONE``, once. A leader frozen with a message in hand: claimed in the database,
+not yet sent. Everything else is the real service; ``SIGCONT`` resumes it right there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from datetime import datetime
+
+from alerting.outbox import Claimed
+from alerting.service import AlertingService
+from hazardwatch.cli import main
+
+PHONE = os.environ.get("HW_TEST_FREEZE_PHONE", "")
+_real_claim = AlertingService.claim
+_frozen: list[str] = []
+
+
+async def claim(self: AlertingService, now: datetime) -> list[Claimed]:
+    got = await _real_claim(self, now)
+    if PHONE and not _frozen and any(c.payload.get("address") == PHONE for c in got):
+        _frozen.extend(c.key for c in got)
+        print(f"freeze hook: stopping with {', '.join(_frozen)} claimed", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        print("freeze hook: resumed", file=sys.stderr, flush=True)
+    return got
+
+
+AlertingService.claim = claim  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    sys.exit(main())
