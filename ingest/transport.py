@@ -353,8 +353,8 @@ class MqttTransport:
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.failures = 0
         self.connected = True
+        self.subscribed.set()  # before telling: a listener may look at it
         self._state(True)
-        self.subscribed.set()
         if self.health is not None:
             self.health.ok(self.stage)
 
