@@ -258,8 +258,11 @@ def test_the_live_sessions_copy_of_history_is_acknowledged_undecoded_and_other_t
             await asyncio.wait_for(ingest.subscribed.wait(), 20)
             pub = Publisher(mqtt_url)
             try:
-                pub.publish_many([history(prefix, 1, now_ms - 3600_000)[0],
-                                  (f"{prefix}/E1/foo", json.dumps({"ts": now_ms, "points": [{"tag": "AT-000",
+                pub.publish_many([history(prefix, 1, now_ms - 3600_000)[0]])
+                # alone on the live session: a chunk with nothing to store, settled at once
+                await until(lambda: settled["live"] == [backfill_topic] and settled["history"] == [backfill_topic],
+                            what="the history message acknowledged on both sessions")
+                pub.publish_many([(f"{prefix}/E1/foo", json.dumps({"ts": now_ms, "points": [{"tag": "AT-000",
                                                                                               "value": 1}]})),
                                   (f"{prefix}/E1/data", json.dumps({"ts": now_ms, "points": [{"tag": "AT-000",
                                                                                                "value": 2}]}))])
