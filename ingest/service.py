@@ -32,7 +32,10 @@ keeps coming, so it is not starved either. Each session is acknowledged on its o
 The live session also receives every ``…/backfill`` message (its filter covers them, so that a topic
 outside the contract's table still arrives and is rejected with a reason): those copies are not
 decoded — the history session's copy is the one stored and judged — and are acknowledged as soon as
-the work before them on that session is, without waiting for a commit of their own.
+the work before them on that session is, without waiting for a commit of their own. Only once that
+broker's history session has been established in this run (subscribed or resumed: the broker queues
+for it from then on, even while it is away): before that, say a history session the broker refuses
+from the start, the live copy is decoded, stored and judged as before v1.2, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ WRITE_MESSAGES = 2_500  # a quarter of the shipped broker's in-flight window (10
 DB_RETRY_MIN, DB_RETRY_MAX = 0.25, 10.0
 CLOCK_EVERY = 1.0  # seconds between looks at the gateway clocks
 REJECT_LOG_EVERY = 10.0  # seconds between log lines about rejected input
+# the live session connects once the history session's first attempt has ended (so the live copies of a
+# backlog are known to be the history session's, or not), or after this long whatever it does
+HISTORY_FIRST = 15.0
 
 
 @dataclass(slots=True)
@@ -153,6 +159,7 @@ class IngestService:
         self._pending: list[_Work] = []
         self._work = asyncio.Event()  # there is pending work
         self._order = {t: _AckOrder() for ss in self.sessions for t in ss}
+        self._history_of = {ss.live: ss.backfill for ss in self.sessions}
         self._turn = 0  # which broker's sessions are looked at first (they take turns)
         self._live_run = 0  # live chunks decoded in a row while history waited
         self._db_failing = False
@@ -225,13 +232,23 @@ class IngestService:
         async with asyncio.TaskGroup() as tg:
             for k, ss in enumerate(self.sessions):
                 name = "ingest-mqtt" if k == 0 else f"ingest-mqtt-{k}"
-                tg.create_task(ss.live.run(), name=name)
                 tg.create_task(ss.backfill.run(), name=f"{name}-backfill")
+                tg.create_task(self._live_after_history(ss), name=name)
             tg.create_task(self._state_loop(), name="ingest-brokers")
             tg.create_task(self._decode_loop(), name="ingest-decode")
             tg.create_task(self._clock_loop(), name="ingest-clock")
             for i in range(self.writers):
                 tg.create_task(self._write_loop(), name=f"ingest-write-{i}")
+
+    @staticmethod
+    async def _live_after_history(ss: BrokerSessions) -> None:
+        """The live session, once the broker's history session has connected or failed its first try: a
+        resumed live session's backlog may hold copies of ``…/backfill`` that are passed over only if the
+        history session is established (module docstring), which is then known."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HISTORY_FIRST):
+                await ss.backfill.tried.wait()
+        await ss.live.run()
 
     # --- decode → rules ---------------------------------------------------------------------------
     def _next_source(self) -> tuple[MqttTransport | None, bool]:
@@ -276,8 +293,10 @@ class IngestService:
             messages = transport.take(BACKFILL_CHUNK if history else CHUNK_MESSAGES)
             out = Decoded()
             copies = 0
+            # the live copies of …/backfill are left to the history session once the broker queues for it
+            skip = not history and self._history_of[transport].established
             for topic, payload, _mid, _qos, received_us, _session in messages:
-                if not history and is_backfill(topic):
+                if skip and is_backfill(topic):
                     copies += 1  # the history session's copy is the one decoded, stored and judged
                     continue
                 decode(out, topic, payload, received_us)

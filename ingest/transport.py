@@ -227,6 +227,10 @@ class MqttTransport:
         self.wake = wake or asyncio.Event()  # the inbox has messages (shared by several transports)
         self.subscribed = asyncio.Event()
         self.resumed = asyncio.Event()  # the broker kept our session (and its subscription) from before
+        # the broker has held our subscription at some point of this run (subscribed or resumed): from then
+        # on it queues for us while we are away, persistent session
+        self.established = False
+        self.tried = asyncio.Event()  # the first connection attempt has ended: established, refused or failed
         self.connected = False
         self.session = 0  # counts connections the broker accepted
         self.failures = 0  # attempts since the last accepted subscription
@@ -326,6 +330,8 @@ class MqttTransport:
         self.session += 1
         if flags.session_present:
             self.resumed.set()
+            self.established = True
+            self.tried.set()
             if self._on_resumed is not None:
                 self._on_resumed()
         if flags.session_present and self.inbox:
@@ -354,6 +360,8 @@ class MqttTransport:
         self.failures = 0
         self.connected = True
         self.subscribed.set()  # before telling: a listener may look at it
+        self.established = True
+        self.tried.set()
         self._state(True)
         if self.health is not None:
             self.health.ok(self.stage)
@@ -488,6 +496,7 @@ class MqttTransport:
             client._sock_close()
 
     def _unreachable(self, e: BaseException) -> None:
+        self.tried.set()
         self._state(False)
         msg = f"broker {self.target.host}:{self.target.port} unreachable ({type(e).__name__}: {e})"
         if self.failures <= 3 or self.failures % 20 == 0:
@@ -495,6 +504,7 @@ class MqttTransport:
         self._degraded(msg[:300])
 
     def _lost(self, why: str) -> None:
+        self.tried.set()
         was = self.connected
         self.connected = False
         self.subscribed.clear()

@@ -330,3 +330,42 @@ def test_live_goes_first_history_gets_a_bounded_share_and_waits_for_room_in_the_
     assert svc._next_source() == (None, True)  # nothing to do but wait for room (or live data)
     sink.get_nowait()
     assert picks(1) == "H"
+
+
+def test_the_live_copy_of_history_is_stored_by_the_live_session_until_the_history_session_is_established() -> None:
+    """A history session the broker refuses from the start (its client id not allowed) was never
+    subscribed, so the broker queues nothing for it: the live session's copy of ``…/backfill`` is then
+    the only one, and it is decoded and handed on like ``…/data`` (as before v1.2). Once the history
+    session has been established, the live copy is acknowledged undecoded. The decode loop alone, no broker."""
+    from ingest.service import IngestService
+    from park.model import Park
+    from tests.ingest_helpers import site
+
+    sink: asyncio.Queue[Any] = asyncio.Queue()
+    svc = IngestService(settings=settings_for("mqtt://127.0.0.1:1", "postgresql://hbf2@127.0.0.1/hbf2", "hw/v1"),
+                        park=Park.from_site(site()), pool=None, sink=sink,  # type: ignore[arg-type]
+                        registry=CollectorRegistry())
+    [(_topic, payload)] = history("hw/v1", 1, int(time.time() * 1000) - 3600_000)
+    msg: Message = ("hw/v1/E1/backfill", payload.encode() if isinstance(payload, str) else payload, 1, 1,
+                    time.time_ns() // 1000, 1)
+
+    async def go() -> None:
+        task = asyncio.create_task(svc._decode_loop())
+        try:
+            assert not svc.backfill.established
+            svc.transport.inbox.append(msg)
+            svc._wake.set()
+            await until(lambda: sink.qsize() == 1, what="the live copy decoded and handed to the rules")
+            assert len(sink.get_nowait()) == POINTS and len(svc._pending) == 1
+            assert svc.metrics.backfill_copies._value.get() == 0
+            svc.backfill.established = True  # as when its SUBACK (or a resumed CONNACK) arrived
+            svc.transport.inbox.append(msg)
+            svc._wake.set()
+            await until(lambda: svc.metrics.backfill_copies._value.get() == 1, what="the live copy passed over")
+            assert sink.qsize() == 0 and len(svc._pending) == 1  # nothing decoded, nothing to write
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
