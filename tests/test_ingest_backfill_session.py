@@ -369,3 +369,35 @@ def test_the_live_copy_of_history_is_stored_by_the_live_session_until_the_histor
                 await task
 
     asyncio.run(go())
+
+
+def test_the_live_session_connects_after_the_history_sessions_first_attempt() -> None:
+    """A resumed live session's backlog may hold copies of ``…/backfill``; whether they are passed over
+    depends on the history session being established, so the live session starts only once the history
+    session's first attempt has ended (established, refused or failed). No broker: the live session's
+    run is a stand-in noting that it started."""
+    from ingest.service import IngestService
+    from park.model import Park
+    from tests.ingest_helpers import site
+
+    svc = IngestService(settings=settings_for("mqtt://127.0.0.1:1", "postgresql://hbf2@127.0.0.1/hbf2", "hw/v1"),
+                        park=Park.from_site(site()), pool=None, sink=None,  # type: ignore[arg-type]
+                        registry=CollectorRegistry())
+    [ss] = svc.sessions
+    started = asyncio.Event()
+
+    async def live_run() -> None:
+        started.set()
+
+    ss.live.run = live_run  # type: ignore[method-assign]
+
+    async def go() -> None:
+        task = asyncio.create_task(svc._live_after_history(ss))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not started.is_set()  # the history session has not tried yet
+        ss.backfill.tried.set()
+        await asyncio.wait_for(started.wait(), 10)
+        await task
+
+    asyncio.run(go())
