@@ -373,7 +373,7 @@ async def _announce(h: ServiceHandle, on_ready: Callable[[ServiceHandle], None] 
     await h.rules.restored.wait()
     await h.alerting.restored.wait()
     await h.ingest.subscribed.wait()
-    log.info("hazardwatch running: board %s/ · MQTT %s · topics %s/#", h.http_url, h.settings.safe_dict()["mqtt"],
-             h.settings.mqtt_prefix)
+    log.info("hazardwatch running: board %s/ · MQTT %s · topics %s/# (history, …/+/backfill, in a session of its "
+             "own)", h.http_url, h.settings.safe_dict()["mqtt"], h.settings.mqtt_prefix)
     if on_ready is not None:
         on_ready(h)

@@ -146,15 +146,15 @@ class Decoder:
         parts = topic[len(self.prefix):].split("/")
         ent = parts[0]
         n = len(parts)
-        if n == 2 and parts[1] == "data":
-            kind = "data"
+        if n == 2 and (parts[1] == "data" or parts[1] == "backfill"):
+            kind = "data"  # …/backfill: history re-sent after an outage, the same batch, judged the same
         elif n == 3 and parts[1] == "point" and parts[2]:
             kind = "point"
         elif n == 2 and parts[1] == "status":
             kind = "status"
         else:
-            return out.reject(R.BAD_TOPIC, topic, "use {prefix}/{enterprise}/data, …/point/{tag} or …/status",
-                              payload)
+            return out.reject(R.BAD_TOPIC, topic,
+                              "use {prefix}/{enterprise}/data, …/backfill, …/point/{tag} or …/status", payload)
         tags = self.tags.get(ent)
         if tags is None:
             return out.reject(R.UNKNOWN_ENTERPRISE, topic, f"enterprise {_excerpt(ent)} is not in the site file",

@@ -33,6 +33,15 @@ class IngestMetrics:
                            registry=registry)
         self.connected = Gauge("hazardwatch_ingest_broker_connected", "1 while the broker session is up, per broker",
                                ["broker"], registry=registry)
+        self.backfill_queue = Gauge("hazardwatch_ingest_backfill_queue_messages",
+                                    "history (…/backfill) messages received but not yet acknowledged",
+                                    registry=registry)
+        self.backfill_connected = Gauge("hazardwatch_ingest_backfill_connected",
+                                        "1 while the history session (…/backfill) is up, per broker", ["broker"],
+                                        registry=registry)
+        self.backfill_copies = Counter("hazardwatch_ingest_backfill_copies_total",
+                                       "live-session copies of …/backfill messages, acknowledged undecoded (the "
+                                       "history session's copy is stored and judged)", registry=registry)
         self.db_errors = Counter("hazardwatch_ingest_db_errors_total", "failed write transactions (retried)",
                                  registry=registry)
         self.seq_gaps = Counter("hazardwatch_ingest_seq_gaps_total", "gateway batches missing by seq",

@@ -23,16 +23,30 @@ commit, in arrival order. A reading delivered by two brokers is stored once (the
 than the last it judged (``RuleEngine._prepare``), so the second copy changes nothing — no double
 count of chatter, trend samples, votes or alarm events. Each broker's session going up or down is
 told to the rules (:class:`park.types.BrokerState`), which raise the "broker unreachable" alarm.
+
+Two sessions per broker (:func:`ingest.transport.broker_sessions`): the live one on ``{prefix}/#``, and
+one for history re-sent after an outage (``{prefix}/+/backfill``). The live path has priority: when both
+have messages waiting, live ones are decoded and handed to the rules first; history goes in smaller
+chunks, only while the rules' inbox is nearly empty, with one chunk in every few rounds while live data
+keeps coming, so it is not starved either. Each session is acknowledged on its own, in its own order.
+The live session also receives every ``…/backfill`` message (its filter covers them, so that a topic
+outside the contract's table still arrives and is rejected with a reason): those copies are not
+decoded — the history session's copy is the one stored and judged — and are acknowledged as soon as
+the work before them on that session is, without waiting for a commit of their own. Only once that
+broker's history session has been established in this run (subscribed or resumed: the broker queues
+for it from then on, even while it is away): before that, say a history session the broker refuses
+from the start, the live copy is decoded, stored and judged as before v1.2, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -41,7 +55,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
 from ingest.metrics import IngestMetrics
-from ingest.transport import STAGE, Message, MqttTransport
+from ingest.transport import STAGE, BrokerSessions, Message, MqttTransport, broker_sessions
 from ingest.writer import write_batch
 from park.clock import Clock, SystemClock
 from park.db.pool import RECONNECT_TIMEOUT, connect_defaults
@@ -56,21 +70,40 @@ Sink = asyncio.Queue[ReadingBatch | GatewayStatus | GatewayClock | BrokerState]
 
 DB_STAGE = "ingest.database"  # our name in park.health
 CHUNK_MESSAGES = 1_000  # decoded in one go: bounds how long the event loop is held
+# history (…/backfill): a chunk of it is judged in about the time a live one is, and enters the rules'
+# inbox only while that holds at most BACKFILL_AHEAD batches — so a live batch waits behind at most
+# that much history; while live data keeps coming, history still gets one chunk every LIVE_ROUND + 1
+BACKFILL_CHUNK = 100
+BACKFILL_AHEAD = 2
+LIVE_ROUND = 8
+BACKFILL_POLL = 0.01  # seconds between looks at the rules' inbox while history waits for room
 WRITERS = 3  # write transactions in flight at once
 WRITE_READINGS = 50_000  # per transaction, at most (whole chunks)
 WRITE_MESSAGES = 2_500  # a quarter of the shipped broker's in-flight window (10,000): several in flight
 DB_RETRY_MIN, DB_RETRY_MAX = 0.25, 10.0
 CLOCK_EVERY = 1.0  # seconds between looks at the gateway clocks
 REJECT_LOG_EVERY = 10.0  # seconds between log lines about rejected input
+# the live session connects once the history session's first attempt has ended (so the live copies of a
+# backlog are known to be the history session's, or not), or after this long whatever it does
+HISTORY_FIRST = 15.0
 
 
 @dataclass(slots=True)
 class _Work:
-    seq: int  # decode order: acknowledgements follow it
+    seq: int  # decode order on its session: acknowledgements follow it
     decoded: Decoded
     batch: ReadingBatch | None
     messages: list[Message]
-    transport: MqttTransport  # the broker that delivered them: acknowledged on its connection
+    transport: MqttTransport  # the session that delivered them: acknowledged on its connection
+
+
+@dataclass(slots=True, eq=False)  # told apart by identity: one per session
+class _AckOrder:
+    """One session's acknowledgement order: work is numbered as decoded and settled in that order."""
+
+    seq: int = 0
+    next: int = 0
+    done: dict[int, _Work] = field(default_factory=dict)
 
 
 class IngestService:
@@ -108,20 +141,27 @@ class IngestService:
         targets = settings.brokers
         self._states: list[BrokerState] = []  # session changes not yet handed to the rules
         self._state_wake = asyncio.Event()
-        self.transports = [
-            MqttTransport(t, settings.mqtt_client_id, f"{settings.mqtt_prefix}/#", metrics=self.metrics,
-                          health=health, now_us=self._now_us, wake=self._wake,
-                          stage=STAGE if len(targets) == 1 else f"{STAGE}[{t.name}]",
-                          on_state=functools.partial(self._broker_state, t.name),
-                          on_settled=self._report_queue if len(targets) > 1 else None)
+        # two sessions per broker: live and history (…/backfill)
+        self.sessions: list[BrokerSessions] = [
+            broker_sessions(t, settings.mqtt_client_id, settings.mqtt_prefix, metrics=self.metrics, health=health,
+                            now_us=self._now_us, wake=self._wake,
+                            stage=STAGE if len(targets) == 1 else f"{STAGE}[{t.name}]",
+                            on_state=functools.partial(self._broker_state, t.name),
+                            on_settled=self._report_queue if len(targets) > 1 else None,
+                            on_history=self._check_ready)
             for t in targets]
-        self.transport = self.transports[0]  # the first (or only) broker
+        self.transports = [ss.live for ss in self.sessions]  # the live sessions, one per broker
+        self.backfills = [ss.backfill for ss in self.sessions]  # the history sessions, one per broker
+        self.transport = self.transports[0]  # the first (or only) broker's live session
+        self.backfill = self.backfills[0]
+        self._backfill_prefix = settings.mqtt_prefix.strip("/") + "/"
         self._subscribed = asyncio.Event()
         self._pending: list[_Work] = []
         self._work = asyncio.Event()  # there is pending work
-        self._seq = 0
-        self._next_ack = 0
-        self._done: dict[int, _Work] = {}
+        self._order = {t: _AckOrder() for ss in self.sessions for t in ss}
+        self._history_of = {ss.live: ss.backfill for ss in self.sessions}
+        self._turn = 0  # which broker's sessions are looked at first (they take turns)
+        self._live_run = 0  # live chunks decoded in a row while history waited
         self._db_failing = False
         self._writers_pool: ConnectionPool | None = None
         self._last_reject_log = -REJECT_LOG_EVERY
@@ -143,14 +183,18 @@ class IngestService:
 
     @property
     def subscribed(self) -> asyncio.Event:
-        """Set while a broker has accepted our subscription (with one broker: that broker's event)."""
-        if len(self.transports) == 1:
-            return self.transport.subscribed
-        if any(t.subscribed.is_set() for t in self.transports):
+        """Set while a broker queues for both our sessions: the live one subscribed, the history one
+        subscribed or resumed (a resumed history session's SUBACK may wait in the socket behind a
+        backlog the broker sends first, while history waits for the rules or the database)."""
+        self._check_ready()
+        return self._subscribed
+
+    def _check_ready(self) -> None:
+        if any(ss.live.subscribed.is_set() and (ss.backfill.subscribed.is_set() or ss.backfill.resumed.is_set())
+               for ss in self.sessions):
             self._subscribed.set()
         else:
             self._subscribed.clear()
-        return self._subscribed
 
     def brokers(self) -> dict[str, dict[str, object]]:
         """Each broker's session, for ``/api/v1/cluster`` and ``hazardwatch status``."""
@@ -159,12 +203,12 @@ class IngestService:
 
     def _report_queue(self) -> None:
         self.metrics.queue.set(sum(t.held for t in self.transports))
+        self.metrics.backfill_queue.set(sum(t.held for t in self.backfills))
 
     def _broker_state(self, name: str, up: bool) -> None:
         self._states.append(BrokerState(name, up, self.clock.now()))
         self._state_wake.set()
-        if up and len(self.transports) > 1:
-            self._subscribed.set()
+        self._check_ready()
 
     async def run(self) -> None:
         assert self.settings.database_url is not None
@@ -186,42 +230,93 @@ class IngestService:
         self._states[:0] = [BrokerState(t.name, t.connected, now) for t in self.transports]
         self._state_wake.set()
         async with asyncio.TaskGroup() as tg:
-            for k, t in enumerate(self.transports):
-                tg.create_task(t.run(), name="ingest-mqtt" if k == 0 else f"ingest-mqtt-{k}")
+            for k, ss in enumerate(self.sessions):
+                name = "ingest-mqtt" if k == 0 else f"ingest-mqtt-{k}"
+                tg.create_task(ss.backfill.run(), name=f"{name}-backfill")
+                tg.create_task(self._live_after_history(ss), name=name)
             tg.create_task(self._state_loop(), name="ingest-brokers")
             tg.create_task(self._decode_loop(), name="ingest-decode")
             tg.create_task(self._clock_loop(), name="ingest-clock")
             for i in range(self.writers):
                 tg.create_task(self._write_loop(), name=f"ingest-write-{i}")
 
+    @staticmethod
+    async def _live_after_history(ss: BrokerSessions) -> None:
+        """The live session, once the broker's history session has connected or failed its first try: a
+        resumed live session's backlog may hold copies of ``…/backfill`` that are passed over only if the
+        history session is established (module docstring), which is then known."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HISTORY_FIRST):
+                await ss.backfill.tried.wait()
+        await ss.live.run()
+
     # --- decode → rules ---------------------------------------------------------------------------
+    def _next_source(self) -> tuple[MqttTransport | None, bool]:
+        """The session to decode from next, live first (see the module docstring), and whether history
+        is waiting for room in the rules' inbox. The brokers take turns, a chunk each, so a backlog on
+        one never starves the other."""
+        n = len(self.sessions)
+        order = [self.sessions[(self._turn + k) % n] for k in range(n)]
+        live = next((ss.live for ss in order if ss.live.inbox), None)
+        history = next((ss.backfill for ss in order if ss.backfill.inbox), None)
+        room = history is not None and (self.sink is None or self.sink.qsize() <= BACKFILL_AHEAD)
+        if live is not None and not (room and self._live_run >= LIVE_ROUND):
+            pick: MqttTransport | None = live
+            self._live_run += 1 if history is not None else 0
+        else:
+            pick = history if room else None
+            self._live_run = 0
+        if pick is not None:
+            self._turn = (next(k for k, ss in enumerate(self.sessions) if pick in ss) + 1) % n
+        return pick, history is not None and not room
+
+    def _is_backfill(self, topic: str) -> bool:
+        """``topic`` is one the history session's ``{prefix}/+/backfill`` also matches."""
+        p = self._backfill_prefix
+        return topic.endswith("/backfill") and topic.startswith(p) and topic.count("/", len(p)) == 1
+
     async def _decode_loop(self) -> None:
-        transports = self.transports
         decode = self.decoder.decode
-        turn = 0
+        is_backfill = self._is_backfill
         while True:
-            # the brokers take turns, a chunk each, so a backlog on one never starves the other
-            for k in range(len(transports)):
-                transport = transports[(turn + k) % len(transports)]
-                if transport.inbox:
-                    turn = (turn + k + 1) % len(transports)
-                    break
-            else:
+            transport, history_waits = self._next_source()
+            if transport is None:
                 self._wake.clear()
-                await self._wake.wait()
+                if history_waits:  # for live messages, or for the rules to take what they have
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BACKFILL_POLL):
+                            await self._wake.wait()
+                else:
+                    await self._wake.wait()
                 continue
-            messages = transport.take(CHUNK_MESSAGES)
+            history = transport.backfill
+            messages = transport.take(BACKFILL_CHUNK if history else CHUNK_MESSAGES)
             out = Decoded()
+            copies = 0
+            # the live copies of …/backfill are left to the history session once the broker queues for it
+            skip = not history and self._history_of[transport].established
             for topic, payload, _mid, _qos, received_us, _session in messages:
+                if skip and is_backfill(topic):
+                    copies += 1  # the history session's copy is the one decoded, stored and judged
+                    continue
                 decode(out, topic, payload, received_us)
             batch = out.batch() if len(out) else None
-            self._pending.append(_Work(self._seq, out, batch, messages, transport))
-            self._seq += 1
+            order = self._order[transport]
+            work = _Work(order.seq, out, batch, messages, transport)
+            order.seq += 1
+            if copies:
+                self.metrics.backfill_copies.inc(copies)
+            if copies == len(messages):
+                self._acknowledge([work])  # nothing to store: settled once the work before it is
+                await asyncio.sleep(0)
+                continue
+            self._pending.append(work)
             self._work.set()
-            self.metrics.messages.inc(len(messages))
+            self.metrics.messages.inc(len(messages) - copies)
             if batch is not None:
                 self.metrics.readings.inc(len(batch))
-                self.metrics.lag.set((self._now_us() - float(batch.ts_us.max())) / 1e6)
+                if not history:  # history is hours old by nature: the lag is the live data's
+                    self.metrics.lag.set((self._now_us() - float(batch.ts_us.max())) / 1e6)
             if out.seq_gaps:
                 self.metrics.seq_gaps.inc(out.seq_gaps)
             if out.rejects:
@@ -288,13 +383,19 @@ class IngestService:
         return taken
 
     def _acknowledge(self, works: list[_Work]) -> None:
-        """Acknowledge in arrival order: work committed early waits for the work before it."""
+        """Acknowledge in each session's arrival order: work committed early waits for the work before it
+        on its session (never for another session's)."""
+        orders: list[_AckOrder] = []
         for w in works:
-            self._done[w.seq] = w
-        while self._next_ack in self._done:
-            w = self._done.pop(self._next_ack)
-            w.transport.settle(w.messages)
-            self._next_ack += 1
+            order = self._order[w.transport]
+            order.done[w.seq] = w
+            if order not in orders:
+                orders.append(order)
+        for order in orders:
+            while order.next in order.done:
+                w = order.done.pop(order.next)
+                w.transport.settle(w.messages)
+                order.next += 1
 
     async def _commit(self, works: list[_Work]) -> None:
         """Write until it succeeds: nothing is acknowledged before, so waiting loses nothing."""

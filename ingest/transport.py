@@ -1,4 +1,8 @@
-"""The MQTT transport: one persistent broker session, driven by the asyncio loop.
+"""The MQTT transport: persistent broker sessions, driven by the asyncio loop.
+
+Two sessions per broker (:func:`broker_sessions`): the live one on ``{prefix}/#`` as always, and one
+for history re-sent after an outage (``{prefix}/+/backfill``, docs/contract.md §1), so that a live
+alarm never waits behind a backlog in the broker's per-session order. Each is a :class:`MqttTransport`.
 
 What it owns — the socket, TLS, reconnecting, flow control and acknowledgements — and nothing of
 what the messages mean (that is :mod:`ingest.service`: decode → rules → write → acknowledge).
@@ -36,7 +40,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -174,7 +179,9 @@ class MqttTransport:
 
     Arriving messages wait in :attr:`inbox` (take them with :meth:`take`); after their readings
     are committed, :meth:`settle` acknowledges them. ``subscribed`` is set while the broker has
-    accepted the subscription (it queues for us from then on).
+    accepted the subscription (it queues for us from then on). ``backfill``: this is the history
+    session, reported by its own metrics (and not told to the rules: the broker's reachability is the
+    live session's).
     """
 
     def __init__(
@@ -195,16 +202,20 @@ class MqttTransport:
         stage: str = STAGE,
         on_state: Callable[[bool], None] | None = None,
         on_settled: Callable[[], None] | None = None,
+        backfill: bool = False,
+        on_resumed: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
         self.name = target.name  # the ``broker`` label of the metrics, and the name in alarms and status
         self.stage = stage  # our name in park.health (one per broker when there are several)
         self._on_state = on_state  # told when the session goes up (subscribed) or down
+        self._on_resumed = on_resumed  # told when the broker kept the session (before its SUBACK)
         self._on_settled = on_settled  # reports the queue gauge instead (several transports: their sum)
         self._up = False
         self._now_us = now_us or _system_now_us  # stamps each message's arrival
         self.client_id = client_id
         self.topic = topic
+        self.backfill = backfill
         self.metrics = metrics
         self.health = health
         self.keepalive = keepalive
@@ -215,6 +226,11 @@ class MqttTransport:
         self.inbox: collections.deque[Message] = collections.deque()
         self.wake = wake or asyncio.Event()  # the inbox has messages (shared by several transports)
         self.subscribed = asyncio.Event()
+        self.resumed = asyncio.Event()  # the broker kept our session (and its subscription) from before
+        # the broker has held our subscription at some point of this run (subscribed or resumed): from then
+        # on it queues for us while we are away, persistent session
+        self.established = False
+        self.tried = asyncio.Event()  # the first connection attempt has ended: established, refused or failed
         self.connected = False
         self.session = 0  # counts connections the broker accepted
         self.failures = 0  # attempts since the last accepted subscription
@@ -230,7 +246,9 @@ class MqttTransport:
         self._closed = asyncio.Event()
         self._connack = False
         self._stopping = False
-        self._connected_gauge = metrics.connected.labels(self.name)
+        # the live session's gauges keep their names (dashboards, alert rules); the history session has its own
+        self._connected_gauge = (metrics.backfill_connected if backfill else metrics.connected).labels(self.name)
+        self._queue_gauge = metrics.backfill_queue if backfill else metrics.queue
         self._connected_gauge.set(0)
         if health is not None:
             health.register(stage)
@@ -275,7 +293,7 @@ class MqttTransport:
         if self._on_settled is not None:
             self._on_settled()
         else:
-            self.metrics.queue.set(self._held)
+            self._queue_gauge.set(self._held)
         if self._paused and self._held < self.max_held // 2 and self._held_bytes < self.max_held_bytes // 2:
             self._resume()
         return acked
@@ -310,6 +328,12 @@ class MqttTransport:
             return
         self._connack = True
         self.session += 1
+        if flags.session_present:
+            self.resumed.set()
+            self.established = True
+            self.tried.set()
+            if self._on_resumed is not None:
+                self._on_resumed()
         if flags.session_present and self.inbox:
             # the broker resends every unacknowledged QoS 1 message of its session: drop our copies
             # not yet decoded rather than handle each twice (QoS 0 ones are never resent: keep them)
@@ -335,8 +359,10 @@ class MqttTransport:
         # ready only now: before the SUBACK the broker would not queue a message for us
         self.failures = 0
         self.connected = True
+        self.subscribed.set()  # before telling: a listener may look at it
+        self.established = True
+        self.tried.set()
         self._state(True)
-        self.subscribed.set()
         if self.health is not None:
             self.health.ok(self.stage)
 
@@ -470,6 +496,7 @@ class MqttTransport:
             client._sock_close()
 
     def _unreachable(self, e: BaseException) -> None:
+        self.tried.set()
         self._state(False)
         msg = f"broker {self.target.host}:{self.target.port} unreachable ({type(e).__name__}: {e})"
         if self.failures <= 3 or self.failures % 20 == 0:
@@ -477,9 +504,11 @@ class MqttTransport:
         self._degraded(msg[:300])
 
     def _lost(self, why: str) -> None:
+        self.tried.set()
         was = self.connected
         self.connected = False
         self.subscribed.clear()
+        self.resumed.clear()
         if not self._stopping:
             self._state(False)
         else:
@@ -535,3 +564,56 @@ class MqttTransport:
         if client.prepared is not None:
             client.prepared.close()
             client.prepared = None
+
+
+# --- the sessions for one broker ---------------------------------------------------------------------
+BACKFILL_SUFFIX = "-backfill"  # the history session's client id: the live one's, plus this
+# the history session's inflight window, smaller than the live one's: while hazardwatch catches up with
+# a backlog, history never fills memory and waits its turn without holding up live data
+BACKFILL_MAX_HELD = 5_000
+BACKFILL_MAX_HELD_BYTES = 16 * 1024 * 1024
+
+
+def live_filter(prefix: str) -> str:
+    """Every topic under ``prefix``, as before v1.2: the contract's topics are decoded, any other is
+    rejected with a reason (contract §1); the live copies of ``…/backfill`` are acknowledged undecoded."""
+    return f"{prefix.strip('/')}/#"
+
+
+def backfill_filter(prefix: str) -> str:
+    return f"{prefix.strip('/')}/+/backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSessions:
+    """One broker's sessions: ``live`` (every topic) and ``backfill`` (history only)."""
+
+    live: MqttTransport
+    backfill: MqttTransport
+
+    def __iter__(self) -> Iterator[MqttTransport]:
+        return iter((self.live, self.backfill))
+
+
+def broker_sessions(target: MqttTarget, client_id: str, prefix: str, *, metrics: IngestMetrics,
+                    health: Health | None = None, now_us: Callable[[], int] | None = None,
+                    wake: asyncio.Event | None = None, stage: str = STAGE,
+                    on_state: Callable[[bool], None] | None = None,
+                    on_settled: Callable[[], None] | None = None,
+                    on_history: Callable[[], None] | None = None) -> BrokerSessions:
+    """The persistent sessions hazardwatch keeps with one broker, waking ``wake`` when messages arrive.
+
+    The live session (``client_id``) takes ``{prefix}/#`` as always; the history session (``client_id``
+    + ``-backfill``, so every instance of one installation resumes the same one) takes
+    ``{prefix}/+/backfill`` with a smaller inflight window. Both acknowledge only after the commit
+    holding their readings. ``on_state`` hears the live session only; ``on_history`` hears the history
+    session go up, down, or resumed."""
+    wake = wake or asyncio.Event()
+    live = MqttTransport(target, client_id, live_filter(prefix), metrics=metrics, health=health, now_us=now_us,
+                         wake=wake, stage=stage, on_state=on_state, on_settled=on_settled)
+    history = MqttTransport(target, client_id + BACKFILL_SUFFIX, backfill_filter(prefix), metrics=metrics,
+                            health=health, now_us=now_us, wake=wake, stage=f"{stage}.backfill",
+                            on_settled=on_settled, backfill=True, max_held=BACKFILL_MAX_HELD,
+                            max_held_bytes=BACKFILL_MAX_HELD_BYTES, on_resumed=on_history,
+                            on_state=None if on_history is None else (lambda up: on_history()))
+    return BrokerSessions(live, history)

@@ -29,6 +29,7 @@ class LoadSpec:
     seed: int = 1
     t0_ms: int = 0  # readings are stamped from here on, one tick per second; 0: an hour before now
     realtime: bool = False  # stamp each message with the time it is published instead
+    topic: str = "data"  # batches on {prefix}/{enterprise}/data, or "backfill": history re-sent after an outage
 
 
 def recent_t0_ms() -> int:
@@ -72,7 +73,7 @@ def messages(spec: LoadSpec, prefix: str) -> Iterator[tuple[str, bytes]]:
             code = enterprise_code(e)
             if spec.mode == "batch":
                 pts = [{"tag": tag(j), "value": round(rng.random() * 2, 3)} for j in range(spec.points)]
-                yield f"{prefix}/{code}/data", orjson.dumps({"ts": ts, "seq": tick, "points": pts})
+                yield f"{prefix}/{code}/{spec.topic}", orjson.dumps({"ts": ts, "seq": tick, "points": pts})
                 sent += 1
                 if sent >= spec.messages:
                     return

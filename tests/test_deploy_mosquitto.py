@@ -152,6 +152,68 @@ def test_other_enterprise_and_service_account_cannot_publish_outside_their_grant
         sub.close()
 
 
+def test_a_gateway_re_sends_history_on_its_own_backfill_topic_to_hazardwatchs_history_session(
+        broker: Broker) -> None:
+    """docs/contract.md §1's …/backfill: E001 may publish its history there and hazardwatch's account may
+    hold both its sessions with the filters ingest uses; the history reaches the history session (and the
+    live session, on ``{prefix}/#``, gets its copy), live data the live session only, and E002 cannot
+    re-send history as E001."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from ingest.metrics import IngestMetrics
+    from ingest.transport import broker_sessions
+    from park.settings import MqttTarget
+
+    target = MqttTarget.parse(f"mqtt://hazardwatch:{broker.passwords['hazardwatch']}@127.0.0.1:{broker.internal}")
+    e001 = _client("E001", broker.passwords["E001"], ca=broker.ca)
+    e002 = _client("E002", broker.passwords["E002"], ca=broker.ca)
+    marker, forged, live = (uuid.uuid4().hex.encode() for _ in range(3))
+    e002_marker = uuid.uuid4().hex.encode()
+
+    async def go() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        sessions = broker_sessions(target, f"hbackfill-{uuid.uuid4().hex[:6]}", "hw/v1",
+                                   metrics=IngestMetrics(CollectorRegistry()))
+        tasks = [asyncio.create_task(t.run()) for t in sessions]
+        try:
+            for t in sessions:  # the service account may subscribe to every filter of both sessions
+                await asyncio.wait_for(t.subscribed.wait(), 15)
+            for gw in (e001, e002):
+                assert not (await asyncio.to_thread(_connect, gw, broker.external)).is_failure
+            # Mosquitto handles one client's messages in order: once E002's own history arrived, its
+            # forged publish before it would have arrived too, had the ACL let it through
+            await asyncio.to_thread(_publish, e002, "hw/v1/E001/backfill", forged)
+            await asyncio.to_thread(_publish, e002, "hw/v1/E002/backfill", e002_marker)
+            await asyncio.to_thread(_publish, e001, "hw/v1/E001/backfill", marker)
+            await asyncio.to_thread(_publish, e001, "hw/v1/E001/data", live)
+            deadline = asyncio.get_running_loop().time() + 15
+
+            def got() -> tuple[set[bytes], set[bytes]]:
+                return {m[1] for m in sessions.backfill.inbox}, {m[1] for m in sessions.live.inbox}
+
+            while not ({marker, e002_marker} <= got()[0] and {marker, live} <= got()[1]):
+                assert asyncio.get_running_loop().time() < deadline, f"never arrived; got {got()}"
+                await asyncio.sleep(0.02)
+            return ([(m[0], m[1]) for m in sessions.backfill.inbox], [(m[0], m[1]) for m in sessions.live.inbox])
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        history, live_msgs = asyncio.run(go())
+    finally:
+        for c in (e001, e002):
+            c.disconnect()
+            c.loop_stop()
+    assert ("hw/v1/E001/backfill", marker) in history and ("hw/v1/E002/backfill", e002_marker) in history
+    assert ("hw/v1/E001/data", live) in live_msgs
+    assert [p for _, p in history + live_msgs if p == forged] == []
+    assert ("hw/v1/E001/backfill", marker) in live_msgs  # the live session's copy (acknowledged undecoded)
+    assert not [t for t, _ in history if not t.endswith("/backfill")]
+
+
 @pytest.mark.parametrize("listener", ["external", "internal"])
 def test_anonymous_and_wrong_passwords_are_refused(broker: Broker, listener: str) -> None:
     port = broker.external if listener == "external" else broker.internal

@@ -42,6 +42,24 @@ def test_batch_with_point_ts_override_bool_and_quality() -> None:
     assert out.value == [8.73, 1.0, 3.0] and out.quality == [0, 2, 0]
 
 
+def test_backfill_topic_is_a_batch_decoded_exactly_like_data() -> None:
+    """docs/contract.md §1: …/backfill carries the same gateway batch as …/data (history re-sent after an
+    outage); the same readings come out, and the same rejections, each on its own topic."""
+    three_hours_ago = NOW_MS - 3 * 3600 * 1000
+    doc = {"ts": three_hours_ago, "seq": 7, "points": [
+        {"tag": "AT-000", "value": 8.73}, {"tag": "AT-001", "value": True, "q": 2},
+        {"tag": "AT-002", "value": 3, "ts": three_hours_ago + 500}, {"tag": "NOPE", "value": 1},
+        {"tag": "AT-003", "value": "x"}]}
+    live, history = dec("hw/v1/E1/data", doc), dec("hw/v1/E1/backfill", doc)
+    assert history.sensor_id == live.sensor_id == [SID["AT-000"], SID["AT-001"], SID["AT-002"]]
+    assert (history.ts_us, history.value, history.quality) == (live.ts_us, live.value, live.quality)
+    assert [r.reason for r in history.rejects] == [r.reason for r in live.rejects] == [R.UNKNOWN_TAG, R.BAD_VALUE]
+    assert {r.topic for r in history.rejects} == {"hw/v1/E1/backfill"}
+    assert [r.reason for r in dec("hw/v1/E1/backfill", b"{").rejects] == [R.BAD_JSON]
+    assert [r.reason for r in dec("hw/v1/E9/backfill", doc).rejects] == [R.UNKNOWN_ENTERPRISE]
+    assert [r.reason for r in dec("hw/v1/E1/backfill/x", doc).rejects] == [R.BAD_TOPIC]
+
+
 def test_single_point_forms() -> None:
     assert dec("hw/v1/E1/point/AT-003", "12.5").ts_us == [NOW_US]  # bare: stamped on receipt
     assert dec("hw/v1/E1/point/AT-003", "false").value == [0.0]

@@ -58,7 +58,8 @@ def test_broker_restart_mid_stream_exact_rows(tmp_path: Path, topic_prefix: str,
                 await until(lambda: {i.mid for i in infos} <= acked, within=60, what="everything published")
                 assert await wait_rows(db, n * len(TAGS), within=120) == n * len(TAGS)
                 assert svc.connected and health.stages[STAGE].ok
-                assert svc.metrics.sessions._value.get() >= 2  # it did reconnect
+                assert svc.transport.session >= 2 and svc.backfill.session >= 2  # both sessions did reconnect
+                assert svc.metrics.sessions._value.get() >= 4
             finally:
                 pub.close()
         async with await psycopg.AsyncConnection.connect(db) as conn:

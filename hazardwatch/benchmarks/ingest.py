@@ -36,6 +36,7 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from ingest.transport import BACKFILL_SUFFIX
 from ingest.writer import COPY_READINGS, copy_payload
 from park.db import migrate
 from park.settings import EnvSettings, load_settings
@@ -137,10 +138,13 @@ def _session(url: str, client_id: str, topic: str) -> None:
 
 
 def _end_session(url: str, client_id: str) -> None:
+    """End the persistent session ``client_id`` left behind, and the history session a service of that
+    client id keeps beside it."""
     u = urlsplit(url)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    c.connect(u.hostname or "127.0.0.1", u.port or 1883)
-    c.disconnect()
+    for cid in (client_id, client_id + BACKFILL_SUFFIX):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
+        c.connect(u.hostname or "127.0.0.1", u.port or 1883)
+        c.disconnect()
 
 
 def bare_drain(url: str, spec: LoadSpec) -> Figure:

@@ -4,11 +4,16 @@ The service runs as its own process (``hazardwatch run``) with the site's alarm 
 shipped — flood handling on. A separate process publishes the background load (50-point gateway
 batches at the given rate, stamped at publish time); this process publishes, every half second, a
 reading that crosses a toxic-gas second level (red: never held back in a flood) on a fresh sensor,
-and times the first SMS request for it reaching a local SMS gateway. Two cases, one after the other:
+and times the first SMS request for it reaching a local SMS gateway. Three cases, one after the other:
 
 - ``live``: the background load alone;
 - ``backfill``: the same, while gateways flush a store-and-forward backlog (readings 3 hours old,
-  as fast as the broker takes them) — an alarm must not queue behind history.
+  as fast as the broker takes them) on ``…/backfill``, as a gateway following docs/contract.md §1
+  does — an alarm must not queue behind history (the live session receives the backlog too, on
+  ``{prefix}/#``, and passes over those copies undecoded);
+- ``backfill-on-data``: the same backlog on ``…/data``, as gateways did before the contract had
+  ``…/backfill`` (still valid): the live alarm then waits behind it in the broker's per-session order,
+  which nothing inside hazardwatch can change.
 
 ``--minutes M`` is the sustained run instead: one live case M minutes long, an alarm every 2 s,
 the service's resident memory sampled every 10 s (issue 16: 30 minutes at 50,000 readings/s).
@@ -42,6 +47,8 @@ import psycopg
 from simulators.load import LoadSpec, publish, site_yaml
 
 TARGET_MS = 500.0
+BACKLOG = {"backfill": " + a 3-hour backlog flushed by every gateway on …/backfill",
+           "backfill-on-data": " + a 3-hour backlog flushed by every gateway on …/data (before contract v1.2)"}
 CONTACTS = 10  # enterprises with a contact; triggers rotate over them
 ENTERPRISES, POINTS = 200, 50
 
@@ -173,14 +180,15 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
                 spec = LoadSpec(ENTERPRISES, POINTS, "batch", int(load / POINTS * duration), load / POINTS,
                                 realtime=True)
                 loaders = [ctx.Process(target=_load, args=(mqtt_url, prefix, spec), daemon=True)]
-                if case == "backfill":  # every gateway flushing three hours of history at once
+                if case in ("backfill", "backfill-on-data"):  # every gateway flushing history at once
                     backlog = LoadSpec(ENTERPRISES, POINTS, "batch", ENTERPRISES * 180, seed=7,
-                                       t0_ms=int(time.time() * 1000) - 3 * 3600 * 1000)
+                                       t0_ms=int(time.time() * 1000) - 3 * 3600 * 1000,
+                                       topic="backfill" if case == "backfill" else "data")
                     loaders.append(ctx.Process(target=_load, args=(mqtt_url, prefix, backlog), daemon=True))
                 for p in loaders:
                     p.start()
                 print(f"case {case}: background load {load:,.0f} readings/s for {duration:.0f} s"
-                      f"{' + a 3-hour backlog flushed by every gateway' if case == 'backfill' else ''}; "
+                      f"{BACKLOG.get(case, '')}; "
                       f"{samples} alarms timed …", flush=True)
                 time.sleep(5)  # the load is flowing before the first trigger
                 sent: dict[str, float] = {}
@@ -232,7 +240,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                                                              "postgresql://postgres@127.0.0.1:5433/postgres"))
     ap.add_argument("--load", type=float, default=50_000, help="background readings per second")
     ap.add_argument("--samples", type=int, default=40, help="alarms timed per case")
-    ap.add_argument("--cases", default="live,backfill", help="comma-separated: live, backfill")
+    ap.add_argument("--cases", default="live,backfill,backfill-on-data",
+                    help="comma-separated: live, backfill (history on …/backfill), backfill-on-data (on …/data)")
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="sustained run: one live case this long, an alarm every 2 s, memory sampled (issue 16: 30)")
 

@@ -4,8 +4,9 @@
 
 - ``mosquitto.conf`` — listeners, authentication, ACL, persistence and queue limits;
 - ``passwd`` — the accounts, hashed as ``mosquitto_passwd`` writes them (PBKDF2-SHA512, ``$7$``);
-- ``acl`` — each enterprise's gateway may publish only under ``{prefix}/{code}/#``; hazardwatch's
-  own account subscribes to ``{prefix}/#``;
+- ``acl`` — each enterprise's gateway may publish only under ``{prefix}/{code}/#`` (its live topics and
+  ``…/backfill``, docs/contract.md §1); hazardwatch's own account reads ``{prefix}/#`` (its live session,
+  and its history session on ``{prefix}/+/backfill``);
 - ``credentials.tsv`` — the plain passwords to hand to each gateway vendor (mode 0600); kept
   across runs, so regenerating after adding an enterprise changes no existing gateway's password;
 - ``hazardwatch.env`` — ``HAZARDWATCH_MQTT_URL`` with the service's own account (mode 0600);
@@ -217,12 +218,14 @@ persistence true
 persistence_location {data}
 autosave_interval 30
 
-# hazardwatch's session is persistent (clean session off, stable client id): keep it a week, so a
-# long outage of the service still finds its queue.
+# hazardwatch's sessions are persistent (clean session off, stable client ids: the live one and
+# <id>-backfill for re-sent history): keep them a week, so a long outage of the service still finds
+# its queues.
 persistent_client_expiration 7d
 
-# Queue per client while hazardwatch is away. Mosquitto's default of 1,000 messages silently drops
-# the rest. Sized for {limits.sensors} sensors ≈ {limits.readings_per_s:.1f} readings/s held for \
+# Queue per client (each of hazardwatch's two sessions) while hazardwatch is away. Mosquitto's default
+# of 1,000 messages silently drops the rest.
+# Sized for {limits.sensors} sensors ≈ {limits.readings_per_s:.1f} readings/s held for \
 {format_duration(limits.hold)} (× {QUEUE_MARGIN}), one reading per message at worst:
 # a full queue takes roughly {limits.memory_estimate / 2**20:.0f} MiB of broker memory.
 max_queued_messages {limits.messages}

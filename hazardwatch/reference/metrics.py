@@ -30,10 +30,12 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_ingest_batch_seconds": "p99 well under 1 s; seconds = the database is slow or contended",
     "hazardwatch_ingest_batch_rows": "larger under load (batching), small when quiet",
     "hazardwatch_ingest_lag_seconds": "below the gateways' reporting interval plus a few seconds; minutes = "
-                                      "a backlog is being drained or a gateway clock is wrong",
-    "hazardwatch_ingest_broker_sessions_total": "1 per start plus 1 per broker reconnect; rising steadily = the "
-                                                "broker connection keeps dropping (network, credentials, a "
-                                                "second client with the same id)",
+                                      "a backlog is being drained or a gateway clock is wrong (history sent "
+                                      "on …/backfill does not count: it is old by nature)",
+    "hazardwatch_ingest_broker_sessions_total": "2 per broker per start (the live and the history session) plus "
+                                                "1 per reconnect of either; rising steadily = the broker "
+                                                "connection keeps dropping (network, credentials, a second "
+                                                "client with the same id)",
     "hazardwatch_ingest_gateway_clock_offset_seconds": "within a few seconds of 0 per enterprise; minutes = that "
                                                        "gateway's clock is wrong (a blue alarm says so beyond the "
                                                        "bound)",
@@ -46,6 +48,17 @@ HEALTHY: dict[str, str] = {
     "hazardwatch_ingest_queue_messages": "small (below 10,000, the in-flight window); stuck high = writes fail",
     "hazardwatch_ingest_broker_connected": "1 per broker on the leader; 0 for more than a few seconds = that broker "
                                            "unreachable (an orange alarm to the park after broker_unreachable_after)",
+    "hazardwatch_ingest_backfill_queue_messages": "0 but while gateways re-send history, then up to 5,000 per "
+                                                  "broker (the history session's window); stuck high = writes "
+                                                  "fail",
+    "hazardwatch_ingest_backfill_connected": "1 per broker on the leader, like broker_connected; 0 while "
+                                             "broker_connected is 1 = that broker refuses the history session "
+                                             "(client id …-backfill not allowed, a second client with that "
+                                             "id): re-sent history waits in the broker. A subscription the "
+                                             "ACL denies is accepted by Mosquitto and shows 1 here",
+    "hazardwatch_ingest_backfill_copies_total": "rises with history re-sent on …/backfill (the live session's "
+                                                "copies, acknowledged undecoded); the history itself is in "
+                                                "readings_total",
     "hazardwatch_ingest_db_errors_total": "0; rising = database outage (retried; nothing is lost)",
     "hazardwatch_ingest_seq_gaps_total": "0 or rare; rising for one gateway = it loses batches before sending",
     "hazardwatch_ingest_gateway_status_total": "rare; many offline changes = flapping gateway links",

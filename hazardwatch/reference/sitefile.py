@@ -144,10 +144,13 @@ NOTES: dict[str, str] = {
     "WebhookChannel.timeout": "one request's timeout",
     "DatabaseSection.url": "postgresql://user:password@host:5432/db (secret; may be ${ENV})",
     "MqttSection.url": "mqtt://host:1883 or mqtts://host:8883",
-    "MqttSection.urls": "several brokers, e.g. [mqtt://mq-a:1883, mqtt://mq-b:1883]: one persistent session on "
-                        "each (instead of url; HAZARDWATCH_MQTT_URL may list them comma-separated)",
-    "MqttSection.client_id": "the persistent session's client id (default: hazardwatch-<host name>); keep it "
-                             "stable, so a restart resumes the broker's queue",
+    "MqttSection.urls": "several brokers, e.g. [mqtt://mq-a:1883, mqtt://mq-b:1883]: two persistent sessions "
+                        "on each, live and history (instead of url; HAZARDWATCH_MQTT_URL may list them "
+                        "comma-separated)",
+    "MqttSection.client_id": "the persistent session's client id (default: hazardwatch-<database name>, the "
+                             "same on every instance); keep it stable, so a restart resumes the broker's "
+                             "queue. Re-sent history (…/backfill) has a session of its own: this id + "
+                             "-backfill",
     "MqttSection.prefix": "topic prefix devices publish under",
     "MqttSection.username": "hazardwatch's broker account",
     "MqttSection.password": "its password (secret)",
