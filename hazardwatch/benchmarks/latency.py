@@ -25,6 +25,7 @@ max per case next to the 500 ms target.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -44,6 +45,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import psycopg
 
+from hazardwatch.benchmarks.ingest import _end_session
 from simulators.load import LoadSpec, publish, site_yaml
 
 TARGET_MS = 500.0
@@ -144,6 +146,7 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
     u = urlsplit(admin_url)
     db = urlunsplit((u.scheme, u.netloc, f"/{name}", "", ""))
     prefix = f"lat{uuid.uuid4().hex[:6]}/hw/v1"
+    cid = f"lat-{uuid.uuid4().hex[:6]}"
     proc = None
     out: list[Case] = []
     try:
@@ -152,7 +155,7 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
             cfg.write_text(latency_site(sms.server.server_address[1], samples * len(cases)), encoding="utf-8")
             env = dict(os.environ, HAZARDWATCH_DATABASE_URL=db, HAZARDWATCH_MQTT_URL=mqtt_url,
                        HAZARDWATCH_MQTT_PREFIX=prefix, HAZARDWATCH_HTTP_ADDR="127.0.0.1:0",
-                       HAZARDWATCH_MQTT_CLIENT_ID=f"lat-{uuid.uuid4().hex[:6]}", PYTHONUNBUFFERED="1")
+                       HAZARDWATCH_MQTT_CLIENT_ID=cid, PYTHONUNBUFFERED="1")
             proc = subprocess.Popen([str(Path(sys.executable).with_name("hazardwatch")), "run", "--config", str(cfg)],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None
@@ -228,6 +231,8 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
                 print("✗ the service did not stop within 30 s of SIGTERM; killed", flush=True)
                 proc.kill()
                 proc.wait(30)
+            with contextlib.suppress(OSError):  # the broker keeps no queue for a service that is gone
+                _end_session(mqtt_url, cid)
         sms.close()
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

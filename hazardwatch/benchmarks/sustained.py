@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -39,7 +40,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import psycopg
 
-from hazardwatch.benchmarks.ingest import scratch_database
+from hazardwatch.benchmarks.ingest import _end_session, scratch_database
 from hazardwatch.benchmarks.latency import CONTACTS, ENTERPRISES, POINTS, TARGET_MS, SmsStandIn, latency_site
 from hazardwatch.benchmarks.scale import _free_port, _metric, _rss_mb
 from simulators.load import LoadSpec, publish
@@ -95,6 +96,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
     triggers = int(seconds / EVERY)
     sms = SmsStandIn()
     prefix = f"sus{uuid.uuid4().hex[:6]}/hw/v1"
+    cid = f"sus-{uuid.uuid4().hex[:6]}"
     http = _free_port()
     ok = True
     try:
@@ -104,7 +106,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
             truth = str(Path(d) / "truth.jsonl")
             env = dict(os.environ, HAZARDWATCH_DATABASE_URL=db, HAZARDWATCH_MQTT_URL=mqtt_url,
                        HAZARDWATCH_MQTT_PREFIX=prefix, HAZARDWATCH_HTTP_ADDR=f"127.0.0.1:{http}",
-                       HAZARDWATCH_MQTT_CLIENT_ID=f"sus-{uuid.uuid4().hex[:6]}", HAZARDWATCH_DATA_DIR=d,
+                       HAZARDWATCH_MQTT_CLIENT_ID=cid, HAZARDWATCH_DATA_DIR=d,
                        PYTHONUNBUFFERED="1")
             proc = subprocess.Popen([str(Path(sys.executable).with_name("hazardwatch")), "run", "--config", str(cfg)],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -190,6 +192,8 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                 print("✗ the service did not stop within 30 s of SIGTERM; killed", flush=True)
                 proc.kill()
                 proc.wait(30)
+            with contextlib.suppress(OSError):  # the broker keeps no queue for a service that is gone
+                _end_session(mqtt_url, cid)
             incidents = [json.loads(x) for x in Path(truth).read_text(encoding="utf-8").splitlines()] \
                 if Path(truth).exists() else []
         lat = np.array([(sms.arrivals[k] - t) * 1000 for k, t in sent.items() if k in sms.arrivals])
