@@ -1,4 +1,4 @@
-"""The delivery policy (CONTRACT §3: never abandoned while unacknowledged) — pure, on a fixed clock."""
+"""The delivery policy (docs/contract.md §3: never abandoned while unacknowledged) — pure, on a fixed clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Escalation timing on a fake clock, for every policy shape of the contract (CONTRACT §3)."""
+"""Escalation timing on a fake clock, for every policy shape of the contract (docs/contract.md §3)."""
 
 from __future__ import annotations
 

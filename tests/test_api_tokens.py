@@ -47,7 +47,7 @@ def test_create_list_revoke(make_database, tmp_path: Path) -> None:  # type: ign
 
 
 def test_create_with_only_the_database_as_the_contract_says(make_database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """CONTRACT §6: `hazardwatch token create --unit CODE` needs only HAZARDWATCH_DATABASE_URL; the units
+    """docs/contract.md §6: `hazardwatch token create --unit CODE` needs only HAZARDWATCH_DATABASE_URL; the units
     are the ones the service keeps in the database."""
     db = make_database("postgres", "hwd")
     site = tmp_path / "site.yaml"

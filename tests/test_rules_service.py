@@ -66,7 +66,7 @@ def test_hh_over_mqtt_becomes_one_alarm_and_a_restart_changes_nothing(db_url: st
         inbox: Inbox = asyncio.Queue()
         outbox: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         # readings are stamped on the fake clock's fixed day: widen ingest's backfill bound (7 days by
-        # default, CONTRACT §1) so the door does not refuse them as too old once that day is past
+        # default, docs/contract.md §1) so the door does not refuse them as too old once that day is past
         settings = settings_for(mqtt_url, db_url, topic_prefix, backfill="36500d")
         pub = Publisher(mqtt_url)
         ms = int(T0.timestamp() * 1000)

@@ -1,4 +1,4 @@
-"""The site file (CONTRACT §2): accepted when right, refused with file, line and a fix when not."""
+"""The site file (docs/contract.md §2): accepted when right, refused with file, line and a fix when not."""
 
 from __future__ import annotations
 
