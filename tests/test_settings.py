@@ -1,4 +1,4 @@
-"""Connection settings (CONTRACT §6): the environment wins over the site file; secrets are never shown."""
+"""Connection settings (docs/contract.md §6): the environment wins over the site file; secrets are never shown."""
 
 from __future__ import annotations
 

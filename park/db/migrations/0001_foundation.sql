@@ -52,7 +52,7 @@ CREATE TABLE readings (
     PRIMARY KEY (sensor_id, ts)
 );
 
--- Input refused at the edge, kept for inspection (CONTRACT §1).
+-- Input refused at the edge, kept for inspection (docs/contract.md §1).
 CREATE TABLE rejects (
     id          bigserial PRIMARY KEY,
     received_at timestamptz NOT NULL DEFAULT now(),
@@ -111,7 +111,7 @@ CREATE TABLE alarm_events (
 );
 CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id, ts);
 
--- Durable outbox: every planned message is a row before it is sent (CONTRACT §3).
+-- Durable outbox: every planned message is a row before it is sent (docs/contract.md §3).
 CREATE TABLE outbox (
     id              bigserial PRIMARY KEY,
     idempotency_key text NOT NULL UNIQUE,    -- (alarm, unit, contact, channel, step)

@@ -1,5 +1,5 @@
 --@ all
--- Gateway connectivity (CONTRACT §1 status topic, including Last Will): every change, and the latest.
+-- Gateway connectivity (docs/contract.md §1 status topic, including Last Will): every change, and the latest.
 CREATE TABLE gateway_events (
     ts              timestamptz NOT NULL,
     enterprise_code text NOT NULL,
