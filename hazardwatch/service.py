@@ -55,6 +55,7 @@ from park.db.lease import Elector, Term
 from park.db.maintenance import configure_policies, run_maintenance
 from park.db.migrate import Edition, migrate
 from park.db.registry import sync_registry
+from park.db.syncrep import SyncRepGuard
 from park.errors import HazardwatchError
 from park.health import Health, StageState
 from park.journal import DbGate, Flusher, Journal, is_transient
@@ -269,6 +270,9 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
         elector = Elector(url, settings.instance, ttl=settings.lease_ttl,
                           retry_every=min(1.0, settings.lease_ttl / 4))
         elector.listen(HaMetrics(registry))
+        # every instance: a synchronous replica that is gone must not stall its commits, silently
+        guard = SyncRepGuard(url, settings.instance, health=health, registry=registry,
+                             wait_max=settings.sync_commit_wait, now=clock.now)
         leadership = Leadership(elector)
         notifier = SystemdNotifier()
         heartbeat = Heartbeat(registry=registry, notifier=notifier, config=HeartbeatConfig.from_env(),
@@ -348,6 +352,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                 tg.create_task(supervise("instance-heartbeat", beacon.run, health), name="instance-heartbeat")
                 tg.create_task(supervise("watchdog", heartbeat.run, health), name="watchdog")
                 tg.create_task(supervise("loop-watch", LoopWatch(registry).run, health), name="loop-watch")
+                tg.create_task(supervise("syncrep-guard", guard.run, health), name="syncrep-guard")
                 tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
         finally:
             journal.close()

@@ -30,6 +30,7 @@ DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 DEFAULT_BACKFILL = timedelta(days=7)  # docs/contract.md §1: older readings are rejected at the door
 DEFAULT_LEASE_TTL = 10.0  # seconds a leader that stopped renewing keeps the lease (park/db/lease.py)
 MIN_LEASE_TTL = 1.0
+DEFAULT_SYNC_COMMIT_WAIT = 3.0  # seconds a commit may wait for a synchronous replica (park/db/syncrep.py)
 # host[:port], a bracketed IPv6 address, or libpq's comma-separated host list
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[^,/?#@\[\]]*)?"  # any port text: checked later
 _AUTHORITY = re.compile(rf"^{_HOST}(?:,{_HOST})*$")
@@ -113,6 +114,7 @@ class EnvSettings(BaseSettings):
     backfill: str | None = None  # how old a reading may be and still be stored (default 7d)
     instance: str | None = None  # this instance's name among several on one database (default: the host name)
     lease_ttl: str | None = None  # how long a silent leader keeps the lease (default 10s)
+    sync_commit_wait: str | None = None  # how long a commit may wait for a synchronous replica (default 3s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ class Settings:
     lease_ttl: float = DEFAULT_LEASE_TTL
 
     mqtt_urls: tuple[str, ...] = field(default=(), repr=False)  # every broker, mqtt_url first; () = just mqtt_url
+    sync_commit_wait: float = DEFAULT_SYNC_COMMIT_WAIT
 
     @property
     def mqtt(self) -> MqttTarget:
@@ -211,6 +214,7 @@ class Settings:
             "backfill": str(self.backfill),
             "instance": self.instance,
             "lease_ttl": f"{self.lease_ttl:g}s",
+            "sync_commit_wait": f"{self.sync_commit_wait:g}s",
         }
 
 
@@ -259,6 +263,15 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
             raise SettingsError("HAZARDWATCH_LEASE_TTL", str(e)) from None
         if lease_ttl < MIN_LEASE_TTL:
             raise SettingsError("HAZARDWATCH_LEASE_TTL", f"{env.lease_ttl!r} is too short: at least 1s, e.g. 10s")
+    sync_wait = DEFAULT_SYNC_COMMIT_WAIT
+    if env.sync_commit_wait:
+        try:
+            sync_wait = parse_duration(env.sync_commit_wait).total_seconds()
+        except ValueError as e:
+            raise SettingsError("HAZARDWATCH_SYNC_COMMIT_WAIT", str(e)) from None
+        if sync_wait <= 0:
+            raise SettingsError("HAZARDWATCH_SYNC_COMMIT_WAIT", f"{env.sync_commit_wait!r}: must be longer than "
+                                "zero, e.g. 3s")
     instance = (env.instance or socket.gethostname()).strip()[:100]
     if not instance:
         raise SettingsError("HAZARDWATCH_INSTANCE", "must not be empty: a name for this instance, e.g. hw-a")
@@ -268,7 +281,7 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     public = env.public_url or (site.http.public_url if site else None) or f"http://{host}:{port}"
     return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret,
                     env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill, instance,
-                    lease_ttl, tuple(urls) if len(urls) > 1 else ())
+                    lease_ttl, tuple(urls) if len(urls) > 1 else (), sync_wait)
 
 
 def default_client_id(database_url: str | None = None) -> str:

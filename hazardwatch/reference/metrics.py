@@ -17,6 +17,11 @@ KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summ
          "Info": "info", "Enum": "enum"}
 
 HEALTHY: dict[str, str] = {
+    "hazardwatch_db_sync_replica_confirming": "1; 0 = the synchronous replica confirms no commit and hazardwatch "
+                                              "keeps its commits on the primary alone (a failover now loses them): "
+                                              "start the replica",
+    "hazardwatch_db_sync_waits_cancelled_total": "0 while the synchronous replica runs (or none is configured); "
+                                                 "rising = commits cut short after HAZARDWATCH_SYNC_COMMIT_WAIT",
     "hazardwatch_ingest_messages_total": "rises steadily with the gateways' traffic; flat = nothing arrives "
                                          "(broker, network or gateways down)",
     "hazardwatch_ingest_readings_total": "rises with the traffic; its rate is the park's readings per second",
