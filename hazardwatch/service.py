@@ -168,6 +168,14 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
         delay = min(RESTART_MAX, delay * 2)
 
 
+TERM_STAGES = ("ingest", "rules", "alerting", "commands", "maintenance")  # the leader's, for one term
+
+
+def is_term_stage(stage: str) -> bool:
+    """``stage`` is one of a leader term's stages or a part of one (``ingest.broker[mq-b:1883]``)."""
+    return re.split(r"[.\[]", stage, maxsplit=1)[0] in TERM_STAGES
+
+
 def journal_path(settings: Settings) -> Path:
     """One journal per instance and broker session, in the data directory (two instances on one
     host with one data directory must not share it)."""
@@ -342,6 +350,10 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                 finally:
                     term_metrics.current = None
                     current.clear()
+                    # a standby's /readyz must not keep the last term's stages (a broker session handed
+                    # over, a write cut off) degraded for ever: they ended with the term
+                    for stage in [s for s in health.stages if is_term_stage(s)]:
+                        health.forget(stage)
 
         try:
             async with asyncio.TaskGroup() as tg:

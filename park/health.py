@@ -73,6 +73,15 @@ class Health:
         st.since = now
         self._tell(st)
 
+    def forget(self, stage: str) -> None:
+        """The stage is gone (a leader's term ended): no report of it is left behind, and listeners
+        hear it as well."""
+        st = self.stages.pop(stage, None)
+        if st is not None and not st.ok:
+            log.warning("stage %s ended while degraded (%s)", stage, st.reason)
+            st.reason = None
+            self._tell(st)
+
     def restarted(self, stage: str) -> None:
         self.register(stage).restarts += 1
 

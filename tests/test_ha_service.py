@@ -36,6 +36,7 @@ from hazardwatch.benchmarks.failover import (
     stream,
     wait,
 )
+from hazardwatch.service import is_term_stage
 from tests.alerting_helpers import VendorServer, sms_gateway, sms_id
 
 READINGS = 400
@@ -192,6 +193,9 @@ def test_leader_frozen_past_its_lease_writes_and_sends_nothing_when_resumed(
              "a reports itself standby", 60)
         wait(lambda: f"term {pair.epoch} over" in pair.a.text() or f"term {pair.epoch}:" in pair.a.text(),
              "a's old stages ended", 60)
+        # a standby reports no stage of the term it lost (its broker sessions, taken over by b, were down)
+        wait(lambda: not [s for s in httpx.get(f"{pair.a.http_url}/readyz", timeout=10).json()["stages"]
+                          if is_term_stage(s)], "a's /readyz without its last term's stages", 60)
         wait(lambda: sent(db, DISTRICT), "the district told by b", 120)
         wait(lambda: stored(db, "TT-1")[0] >= READINGS, "every reading stored", 120)
         assert pair.a.alive(), pair.logs()
