@@ -18,8 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
+from ingest import marks
 from ingest.clock import ClockEstimator
 from ingest.errors import RejectReason as R
 from park.model import Park
@@ -101,15 +103,21 @@ class Decoder:
         self.last_seq: dict[str, int] = {}
 
     def late_spans(self, batch: ReadingBatch) -> list[tuple[int, int, int, int]]:
-        """(sensor id, oldest µs, newest µs, count) of the readings in ``batch`` that arrived more than
-        ``backfill_after`` after their time, each gateway's measured clock offset removed — a gateway
-        whose clock is slow is not backfilling. Nothing when the batch is live (the usual case)."""
+        """(sensor id, oldest µs, newest µs, count) of :meth:`late_marks`, as plain tuples."""
+        m = self.late_marks(batch)
+        return [(int(r["sid"]), int(r["start"]), int(r["end"]), int(r["n"])) for r in m]
+
+    def late_marks(self, batch: ReadingBatch) -> npt.NDArray[np.void]:
+        """The readings in ``batch`` that arrived more than ``backfill_after`` after their time, each
+        gateway's measured clock offset removed — a gateway whose clock is slow is not backfilling — as
+        one :data:`ingest.marks.MARK` per sensor, in sensor order, ``received`` the batch's arrival.
+        Nothing when the batch is live (the usual case)."""
         if not len(batch) or not batch.received_us:
-            return []
+            return marks.empty()
         delay = batch.received_us - batch.ts_us
         late = delay > self.late_us
         if not late.any():
-            return []
+            return marks.empty()
         sid = batch.sensor_id[late]
         ts = batch.ts_us[late]
         ent = self.sensor_ent[np.clip(sid, 0, len(self.sensor_ent) - 1)]
@@ -120,13 +128,11 @@ class Decoder:
                 offsets[e] = int(est * 1_000_000)
         keep = delay[late] + offsets[ent] > self.late_us
         if not keep.any():
-            return []
-        sid, ts = sid[keep], ts[keep]
-        order = np.lexsort((ts, sid))
-        sid, ts = sid[order], ts[order]
-        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-        ends = np.r_[starts[1:], len(sid)]
-        return [(int(sid[a]), int(ts[a]), int(ts[b - 1]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+            return marks.empty()
+        one = np.empty(int(keep.sum()), marks.MARK)
+        one["sid"], one["start"], one["end"] = sid[keep], ts[keep], ts[keep]
+        one["received"], one["n"] = batch.received_us, 1
+        return marks.coalesce(one)
 
     def decode(self, out: Decoded, topic: str, payload: bytes, received_us: int) -> None:
         """Decode one message into ``out``; anything wrong becomes a :class:`Reject`, never an exception."""

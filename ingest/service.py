@@ -10,7 +10,10 @@ the commit that holds their readings, and in the order they arrived (MQTT 3.1.1 
 A crash at any moment therefore loses nothing: the broker redelivers what was not acknowledged,
 and the database keeps one row per (sensor, ts). While the database is down nothing is
 acknowledged, the broker's in-flight window fills and stops delivery, the transport's own limit
-bounds memory, decoding goes on for what did arrive, and writing resumes by itself.
+bounds memory, decoding goes on for what did arrive, and writing resumes by itself. Backfill marks
+(which readings arrived late, for the board: :mod:`ingest.marks`) are the exception, secondary by
+design: gathered per sensor after each commit and written in bulk every :data:`MARK_EVERY` seconds and
+on a clean shutdown, so a crash loses the last interval's marks (the readings stay, shown as live).
 
 The stage also measures each gateway's clock (:mod:`ingest.clock`) and tells the rules, beside
 the readings and gateway status changes, with :class:`park.types.GatewayClock`.
@@ -49,14 +52,16 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ingest.decode import DEFAULT_MAX_PAYLOAD, Decoded, Decoder, Reject
+from ingest.marks import PendingMarks
 from ingest.metrics import IngestMetrics
 from ingest.transport import STAGE, BrokerSessions, Message, MqttTransport, broker_sessions
-from ingest.writer import write_batch
+from ingest.writer import write_batch, write_marks
 from park.clock import Clock, SystemClock
 from park.db.pool import RECONNECT_TIMEOUT, connect_defaults
 from park.health import Health
@@ -83,6 +88,8 @@ WRITE_MESSAGES = 2_500  # a quarter of the shipped broker's in-flight window (10
 DB_RETRY_MIN, DB_RETRY_MAX = 0.25, 10.0
 CLOCK_EVERY = 1.0  # seconds between looks at the gateway clocks
 REJECT_LOG_EVERY = 10.0  # seconds between log lines about rejected input
+# seconds between writes of the backfill marks (ingest.marks): what a crash can lose of them
+MARK_EVERY = 5.0
 # the live session connects once the history session's first attempt has ended (so the live copies of a
 # backlog are known to be the history session's, or not), or after this long whatever it does
 HISTORY_FIRST = 15.0
@@ -166,6 +173,8 @@ class IngestService:
         self._writers_pool: ConnectionPool | None = None
         self._last_reject_log = -REJECT_LOG_EVERY
         self._rejects_since_log = 0
+        self.marks = PendingMarks()  # backfill marks of committed readings, not yet written
+        self._marking: asyncio.Task[bool] | None = None  # the marks' write under way
         if health is not None:
             # a stage built anew (the next term's, after a failover) inherits the report its
             # predecessor left: its first write that succeeds must clear it
@@ -214,12 +223,15 @@ class IngestService:
         assert self.settings.database_url is not None
         # the writers' own connections, used from worker threads (see ingest.writer); opened without
         # waiting, so the stage starts, and feeds the rules, while the database is away
-        pool = writers_pool(self.settings.database_url.get_secret_value(), self.writers)
+        # one more for the backfill marks, so their write never waits for a writer's connection
+        pool = writers_pool(self.settings.database_url.get_secret_value(), self.writers + 1)
         await asyncio.to_thread(pool.open, False)
         self._writers_pool = pool
         try:
             await self._run()
         finally:
+            # a clean shutdown writes the marks still pending (the readings they mark are acknowledged)
+            await asyncio.shield(self._last_marks())
             self._writers_pool = None
             await asyncio.shield(asyncio.to_thread(pool.close, 5.0))
 
@@ -237,6 +249,7 @@ class IngestService:
             tg.create_task(self._state_loop(), name="ingest-brokers")
             tg.create_task(self._decode_loop(), name="ingest-decode")
             tg.create_task(self._clock_loop(), name="ingest-clock")
+            tg.create_task(self._mark_loop(), name="ingest-marks")
             for i in range(self.writers):
                 tg.create_task(self._write_loop(), name=f"ingest-write-{i}")
 
@@ -402,13 +415,12 @@ class IngestService:
         batch = _concat([w.batch for w in works if w.batch is not None])
         rejects = [r for w in works for r in w.decoded.rejects]
         statuses = [s for w in works for s in w.decoded.statuses]
-        late = [span for w in works if w.batch is not None for span in self.decoder.late_spans(w.batch)]
         n = len(batch) if batch is not None else 0
         delay = DB_RETRY_MIN
         while True:
             t0 = time.perf_counter()
             try:
-                new = await asyncio.to_thread(self._write, batch, rejects, statuses, late)
+                new = await asyncio.to_thread(self._write, batch, rejects, statuses)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 # two writers met on the same redelivered readings: not a fault, go again
                 await asyncio.sleep(random.uniform(0.0, 0.05))
@@ -432,14 +444,61 @@ class IngestService:
             self.metrics.batch_rows.observe(n)
             self.metrics.stored.inc(new)
             self.metrics.duplicates.inc(n - new)
+            # marked once stored, written later (_mark_loop); work cut short before this point is not
+            # acknowledged, so it comes again and is marked then
+            for w in works:
+                if w.batch is not None:
+                    self.marks.add(self.decoder.late_marks(w.batch))
             return
 
-    def _write(self, batch: ReadingBatch | None, rejects: list[Reject], statuses: list[GatewayStatus],
-               late: list[tuple[int, int, int, int]]) -> int:
+    def _write(self, batch: ReadingBatch | None, rejects: list[Reject], statuses: list[GatewayStatus]) -> int:
         """In a worker thread, on a writer connection of its own."""
         assert self._writers_pool is not None
         with self._writers_pool.connection(timeout=10) as conn:
-            return write_batch(conn, batch, rejects, statuses, self.clock.now(), late)
+            return write_batch(conn, batch, rejects, statuses, self.clock.now())
+
+    # --- backfill marks -------------------------------------------------------------------------------
+    async def _mark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_EVERY)
+            await self.flush_marks()
+
+    async def flush_marks(self) -> bool:
+        """Write the backfill marks pending now (one row per sensor), after any write of them under way;
+        whether they are stored. Marks that fail stay pending, merged with later ones, for the next try.
+        The write runs as a task of its own, shielded: a shutdown waits for it rather than cutting it off
+        (a write cut off might be stored and then written again)."""
+        if self._marking is not None and not self._marking.done():
+            await asyncio.shield(self._marking)
+        self._marking = asyncio.create_task(self._write_marks(), name="ingest-marks-write")
+        return await asyncio.shield(self._marking)
+
+    async def _write_marks(self) -> bool:
+        marks = self.marks.take()
+        if not len(marks):
+            return True
+        try:
+            await asyncio.to_thread(self._write_marks_sync, marks)
+        except Exception as e:
+            self.marks.add(marks)
+            log.warning("writing %d backfill marks failed (%s: %s); kept for the next try", len(marks),
+                        type(e).__name__, str(e).strip()[:200])
+            return False
+        return True
+
+    def _write_marks_sync(self, marks: npt.NDArray[np.void]) -> None:
+        assert self._writers_pool is not None
+        with self._writers_pool.connection(timeout=10) as conn:
+            write_marks(conn, marks)
+
+    async def _last_marks(self) -> None:
+        """At shutdown: the marks still pending, written once; what cannot be written is said, and lost."""
+        try:
+            if not await self.flush_marks():
+                log.warning("%d backfill marks lost at shutdown: the board shows those readings as live",
+                            len(self.marks))
+        except Exception:  # the shutdown goes on whatever the marks do
+            log.exception("writing the backfill marks at shutdown failed")
 
     def _count_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:

@@ -4,7 +4,8 @@ The common case — no (sensor, ts) seen before — is one binary ``COPY`` strai
 inside a savepoint. A redelivered or re-sent reading makes that COPY fail on the primary key;
 the batch is then written through a staging table with ``ON CONFLICT DO NOTHING``. Rejected
 input and gateway status changes are written in the same transaction, so one commit covers
-everything the acknowledged messages carried.
+everything the acknowledged messages carried. Backfill marks (which readings arrived late, for the
+board) are not: they are written later, in bulk, by :func:`write_marks` (see :mod:`ingest.marks`).
 
 Blocking on purpose: the ingest stage runs each transaction in a worker thread with a connection
 of its own, so the COPY stream keeps flowing to the server while the event loop is busy judging
@@ -18,10 +19,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 from psycopg import Connection, errors
 
 from ingest.decode import Reject
-from park.types import GatewayStatus, ReadingBatch, from_epoch_us
+from park.types import GatewayStatus, ReadingBatch
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix µs: binary timestamptz counts from there
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -34,6 +36,15 @@ _ROW = np.dtype([
     ("l_q", ">i4"), ("q", ">i2"),
 ])
 COPY_READINGS = "COPY readings (ts, sensor_id, value, quality) FROM STDIN (FORMAT BINARY)"
+_MARK_ROW = np.dtype([
+    ("n", ">i2"),
+    ("l_sid", ">i4"), ("sid", ">i4"),
+    ("l_a", ">i4"), ("a", ">i8"),
+    ("l_b", ">i4"), ("b", ">i8"),
+    ("l_rx", ">i4"), ("rx", ">i8"),
+    ("l_k", ">i4"), ("k", ">i4"),
+])
+COPY_MARKS = "COPY reading_backfills (sensor_id, start_ts, end_ts, received_at, n) FROM STDIN (FORMAT BINARY)"
 
 
 def copy_payload(batch: ReadingBatch) -> bytes:
@@ -49,27 +60,35 @@ def copy_payload(batch: ReadingBatch) -> bytes:
 
 
 def write_batch(conn: Connection, batch: ReadingBatch | None, rejects: Sequence[Reject],
-                statuses: Sequence[GatewayStatus], received_at: datetime,
-                late: Sequence[tuple[int, int, int, int]] = ()) -> int:
-    """One transaction holding everything some messages carried; returns the readings new to the table.
-    ``late``: (sensor id, oldest µs, newest µs, count) of readings that arrived as a backfill."""
+                statuses: Sequence[GatewayStatus], received_at: datetime) -> int:
+    """One transaction holding everything some messages carried; returns the readings new to the table."""
     with conn.transaction():
         new = write_readings(conn, batch)[0] if batch is not None else 0
         write_rejects(conn, rejects, received_at)
         write_statuses(conn, statuses)
-        write_backfills(conn, late, received_at)
     return new
 
 
-def write_backfills(conn: Connection, late: Sequence[tuple[int, int, int, int]], received_at: datetime) -> None:
-    if not late:
+def marks_payload(marks: npt.NDArray[np.void]) -> bytes:
+    """Backfill marks (:data:`ingest.marks.MARK`) as one binary COPY stream for ``reading_backfills``."""
+    rows = np.empty(len(marks), dtype=_MARK_ROW)
+    rows["n"] = 5
+    rows["l_sid"], rows["l_a"], rows["l_b"], rows["l_rx"], rows["l_k"] = 4, 8, 8, 8, 4
+    rows["sid"] = marks["sid"]
+    rows["a"] = marks["start"] - _PG_EPOCH_US
+    rows["b"] = marks["end"] - _PG_EPOCH_US
+    rows["rx"] = marks["received"] - _PG_EPOCH_US
+    rows["k"] = np.minimum(marks["n"], 2**31 - 1)
+    return _HEADER + rows.tobytes() + _TRAILER
+
+
+def write_marks(conn: Connection, marks: npt.NDArray[np.void]) -> None:
+    """Backfill marks in a transaction of their own: never on the readings' commit path, so their
+    cost is paid once per sensor per interval, not once per sensor per write (ingest.marks)."""
+    if not len(marks):
         return
-    # COPY, not a row-by-row INSERT: a backlog flushed across a whole registry marks one span per
-    # sensor in every transaction (tens of thousands of rows), and row-by-row it was the write's cost
-    with conn.cursor() as cur, cur.copy(
-            "COPY reading_backfills (sensor_id, start_ts, end_ts, received_at, n) FROM STDIN") as cp:
-        for sid, a, b, n in late:
-            cp.write_row((sid, from_epoch_us(a), from_epoch_us(b), received_at, n))
+    with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_MARKS) as cp:
+        cp.write(marks_payload(marks))
 
 
 def write_readings(conn: Connection, batch: ReadingBatch) -> tuple[int, bool]:

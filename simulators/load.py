@@ -27,15 +27,25 @@ class LoadSpec:
     messages: int = 1000
     rate: float = 0.0  # messages per second; 0 = as fast as the broker takes them
     seed: int = 1
-    t0_ms: int = 0  # readings are stamped from here on, one tick per second; 0: an hour before now
+    t0_ms: int = 0  # readings are stamped from here on, one tick per step_ms; 0: an hour before now
     realtime: bool = False  # stamp each message with the time it is published instead
     topic: str = "data"  # batches on {prefix}/{enterprise}/data, or "backfill": history re-sent after an outage
+    step_ms: int = 1000  # between ticks: below a second, a queue of live readings fits inside the backfill bound
 
 
 def recent_t0_ms() -> int:
     """An hour before now, on the minute: readings inside the backfill bound, the same in every process
     that asks within the minute (pass it explicitly to be sure)."""
     return (int(time.time()) // 60 * 60 - 3600) * 1000
+
+
+def live_stamps(ticks: int, lead_ms: int = 30_000) -> tuple[int, int]:
+    """(t0_ms, step_ms) for ``ticks`` ticks of readings that arrive live when a queue of them is drained
+    within about a minute of publishing: the newest stamped ``lead_ms`` ahead of now (well inside the
+    5 minutes the door allows), the oldest at most a minute before that, so none is older than the
+    backfill bound (2 minutes) on arrival — as a park's steady stream, not a backlog."""
+    step = max(1, min(1000, 60_000 // max(1, ticks)))
+    return int(time.time() * 1000) + lead_ms - ticks * step, step
 
 
 def enterprise_code(i: int) -> str:
@@ -68,7 +78,7 @@ def messages(spec: LoadSpec, prefix: str) -> Iterator[tuple[str, bytes]]:
     tick = 0
     t0_ms = spec.t0_ms or recent_t0_ms()
     while sent < spec.messages:
-        ts = int(time.time() * 1000) if spec.realtime else t0_ms + tick * 1000
+        ts = int(time.time() * 1000) if spec.realtime else t0_ms + tick * spec.step_ms
         for e in range(spec.enterprises):
             code = enterprise_code(e)
             if spec.mode == "batch":
