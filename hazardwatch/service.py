@@ -307,6 +307,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
         beacon = Beacon(pool, settings.instance, http_url=http_url, role=lambda: (
             leadership.role, leadership.term.epoch if leadership.term else None),
             detail=lambda: {"mqtt_client_id": settings.mqtt_client_id, "terms": leadership.terms}
+            | {"sync_replica_confirming": guard.confirming}
             | ({"brokers": current["ingest"].brokers()} if current else {}))
         announced = False
 

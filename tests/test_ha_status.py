@@ -124,6 +124,26 @@ def test_status_command_prints_who_leads_and_exits_by_it(db_url: str, monkeypatc
     assert doc["leader"] == "a" and doc["standbys"] == ["b"] and doc["nodes"][0]["role"] == "primary"
 
 
+def test_status_names_an_instance_whose_synchronous_replica_confirms_nothing(db_url: str) -> None:
+    """An instance's heartbeat carries its synchronous-replication guard's view (park.db.syncrep): the
+    status shows which instances keep their commits on the primary alone, and only those."""
+    from hazardwatch.commands.status import render
+
+    async def go() -> str:
+        await migrated(db_url)
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO ha_instances (instance, host, pid, role, started_at, heartbeat_at, detail) VALUES"
+                " ('a', 'h1', 1, 'leader', now(), now(), '{\"sync_replica_confirming\": false}'),"
+                " ('b', 'h2', 2, 'standby', now(), now(), '{\"sync_replica_confirming\": true}')")
+            return render(await cluster_status(conn))
+
+    lines = [ln for ln in run(go()).splitlines() if ln.lstrip().startswith("✓ ")]
+    [a] = [ln for ln in lines if " a " in ln]
+    [b] = [ln for ln in lines if " b " in ln]
+    assert "commits on the primary alone" in a and "primary alone" not in b
+
+
 def test_status_command_says_when_the_database_is_away(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HAZARDWATCH_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:9/none")
     assert main(["status"]) == 1

@@ -70,6 +70,8 @@ def render(st: ClusterStatus) -> str:
         brokers = i.detail.get("brokers")
         conn = ("  brokers: " + ", ".join(f"{b} {'✓' if (ok.get('connected') if isinstance(ok, dict) else ok) else '✗'}"
                                           for b, ok in brokers.items())) if isinstance(brokers, dict) else ""
+        if i.detail.get("sync_replica_confirming") is False:  # park.db.syncrep
+            conn += "  ✗ the synchronous replica confirms no commit: commits on the primary alone"
         lines.append(f"  {mark} {i.instance:<20} {ROLES.get(i.role, i.role):<16} pid {i.pid} on {i.host}, heartbeat "
                      f"{i.heartbeat_age_seconds:.0f} s ago{conn}")
     if not st.instances:
