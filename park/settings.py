@@ -245,33 +245,12 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
                                 f"（broker {t.name} is listed twice; list each broker once）")
         seen[t.name] = url
     mqtt_url = urls[0]
-    backfill = DEFAULT_BACKFILL
-    if env.backfill:
-        try:
-            backfill = parse_duration(env.backfill)
-        except ValueError as e:
-            raise SettingsError("HAZARDWATCH_BACKFILL", str(e)) from None
-        if backfill <= timedelta(0):
-            raise SettingsError("HAZARDWATCH_BACKFILL", "must be longer than zero, e.g. 7d")
+    backfill = timedelta(seconds=_seconds("HAZARDWATCH_BACKFILL", env.backfill,
+                                          DEFAULT_BACKFILL.total_seconds(), 0.0, "7d"))
     client_id = env.mqtt_client_id or (site.mqtt.client_id if site else None) \
         or default_client_id(db.get_secret_value() if db is not None else None)
-    lease_ttl = DEFAULT_LEASE_TTL
-    if env.lease_ttl:
-        try:
-            lease_ttl = parse_duration(env.lease_ttl).total_seconds()
-        except ValueError as e:
-            raise SettingsError("HAZARDWATCH_LEASE_TTL", str(e)) from None
-        if lease_ttl < MIN_LEASE_TTL:
-            raise SettingsError("HAZARDWATCH_LEASE_TTL", f"{env.lease_ttl!r} is too short: at least 1s, e.g. 10s")
-    sync_wait = DEFAULT_SYNC_COMMIT_WAIT
-    if env.sync_commit_wait:
-        try:
-            sync_wait = parse_duration(env.sync_commit_wait).total_seconds()
-        except ValueError as e:
-            raise SettingsError("HAZARDWATCH_SYNC_COMMIT_WAIT", str(e)) from None
-        if sync_wait <= 0:
-            raise SettingsError("HAZARDWATCH_SYNC_COMMIT_WAIT", f"{env.sync_commit_wait!r}: must be longer than "
-                                "zero, e.g. 3s")
+    lease_ttl = _seconds("HAZARDWATCH_LEASE_TTL", env.lease_ttl, DEFAULT_LEASE_TTL, MIN_LEASE_TTL, "10s")
+    sync_wait = _seconds("HAZARDWATCH_SYNC_COMMIT_WAIT", env.sync_commit_wait, DEFAULT_SYNC_COMMIT_WAIT, 0.0, "3s")
     instance = (env.instance or socket.gethostname()).strip()[:100]
     if not instance:
         raise SettingsError("HAZARDWATCH_INSTANCE", "must not be empty: a name for this instance, e.g. hw-a")
@@ -282,6 +261,21 @@ def load_settings(site: Site | None = None, env: EnvSettings | None = None) -> S
     return Settings(db, mqtt_url, client_id, prefix, host, port, public.rstrip("/"), env.link_secret,
                     env.data_dir, env.mqtt_ca_file, env.mqtt_cert_file, env.mqtt_key_file, backfill, instance,
                     lease_ttl, tuple(urls) if len(urls) > 1 else (), sync_wait)
+
+
+def _seconds(name: str, text: str | None, default: float, least: float, example: str) -> float:
+    """A duration setting in seconds: ``default`` when unset; longer than zero and at least ``least``."""
+    if not text:
+        return default
+    try:
+        got = parse_duration(text).total_seconds()
+    except ValueError as e:
+        raise SettingsError(name, str(e)) from None
+    if got <= 0:
+        raise SettingsError(name, f"{text!r}: must be longer than zero, e.g. {example}")
+    if got < least:
+        raise SettingsError(name, f"{text!r} is too short: at least {least:g}s, e.g. {example}")
+    return got
 
 
 def default_client_id(database_url: str | None = None) -> str:

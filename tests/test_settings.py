@@ -57,3 +57,26 @@ def test_bad_mqtt_urls_say_what_to_write(url: str) -> None:
 def test_bad_http_addr() -> None:
     with pytest.raises(SettingsError, match="host:port"):
         load_settings(None, EnvSettings(http_addr="8080"))
+
+
+@pytest.mark.parametrize(("var", "field", "text", "want"), [
+    ("HAZARDWATCH_LEASE_TTL", "lease_ttl", None, 10.0), ("HAZARDWATCH_LEASE_TTL", "lease_ttl", "3s", 3.0),
+    ("HAZARDWATCH_SYNC_COMMIT_WAIT", "sync_commit_wait", None, 3.0),
+    ("HAZARDWATCH_SYNC_COMMIT_WAIT", "sync_commit_wait", "500ms", 0.5),
+    ("HAZARDWATCH_BACKFILL", "backfill", "2d", 172800.0),
+])
+def test_durations_from_the_environment(var: str, field: str, text: str | None, want: float) -> None:
+    got = getattr(load_settings(None, EnvSettings(**({field: text} if text else {}))), field)
+    assert (got.total_seconds() if field == "backfill" else got) == want
+
+
+@pytest.mark.parametrize(("var", "field", "text", "says"), [
+    ("HAZARDWATCH_LEASE_TTL", "lease_ttl", "500ms", "at least 1s"),
+    ("HAZARDWATCH_SYNC_COMMIT_WAIT", "sync_commit_wait", "0s", "longer than zero"),
+    ("HAZARDWATCH_SYNC_COMMIT_WAIT", "sync_commit_wait", "soon", ""),
+    ("HAZARDWATCH_BACKFILL", "backfill", "-1d", ""),
+])
+def test_bad_durations_name_their_variable(var: str, field: str, text: str, says: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        load_settings(None, EnvSettings(**{field: text}))
+    assert var in str(e.value) and says in str(e.value)
