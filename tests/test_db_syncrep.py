@@ -121,3 +121,42 @@ async def _both_wait(node: PgNode) -> bool:
 
 async def _app_waits(node: PgNode, app: str) -> bool:
     return app in await waiting(node)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_standby_takes_over_while_the_only_synchronous_replica_is_down() -> None:
+    """A takeover commits its new term synchronously (park.db.lease: it must survive a failover), so with
+    the replica down it waits — for ever without the guard, and the park has no leader. The standby's
+    guard keeps that commit on the primary once overdue on its clock: the standby leads."""
+    from park.db.lease import Elector
+    from tests.ha_helpers import lease_row
+
+    with primary_and_replica() as (primary, replica):
+        synchronous(primary)
+
+        async def go() -> None:
+            await migrated(primary.url)
+            a, b = (Elector(primary.url, n, ttl=3.0, retry_every=0.1) for n in ("a", "b"))
+            clock = Clock()
+            guard = SyncRepGuard(primary.url, "b", health=Health(), wait_max=3.0, monotonic=clock, every=0.01,
+                                 degraded_every=0.01, probe_every=3600.0)
+            tasks = [asyncio.create_task(a.run())]
+            try:
+                await until(lambda: a.leading() is not None, "a leads")
+                tasks += [asyncio.create_task(b.run()), asyncio.create_task(guard.run())]
+                await until(lambda: b.role == "standby", "b stands by")
+                await asyncio.to_thread(replica.stop, "immediate")
+                tasks[0].cancel()  # a's process ends: its lease session closes, b campaigns
+                await until(lambda: _app_waits(primary, "hazardwatch-lease b"), "b's takeover waiting for the replica")
+                assert b.leading() is None
+                clock.t += 3.0
+                await until(lambda: b.leading() is not None, "b leads")
+                epoch, holder, _ = await lease_row(primary.url)
+                assert (epoch, holder) == (2, "b") and guard.cancelled == 1
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run(go())
