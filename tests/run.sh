@@ -73,6 +73,9 @@ if listening "$MQTT_PORT" && ! cmp -s "$BROKER_DIR/mosquitto.conf.new" "$BROKER_
 fi
 mv "$BROKER_DIR/mosquitto.conf.new" "$BROKER_DIR/mosquitto.conf"
 if ! listening "$MQTT_PORT"; then
+    # a fresh start forgets the last runs' queues: sessions that tests and benchmarks left behind hold
+    # messages nobody reads, and a broker with gigabytes of them slows every test after
+    rm -f "$BROKER_DIR"/data/mosquitto.db*
     # mosquitto started as root drops to its own user, which must own the persistence folder
     id mosquitto >/dev/null 2>&1 && chown -R mosquitto "$BROKER_DIR/data"
     mosquitto -d -c "$BROKER_DIR/mosquitto.conf" || die "mosquitto refused $BROKER_DIR/mosquitto.conf"
