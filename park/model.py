@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from park.gases import lookup_gas, normalise_unit
-from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Unit
+from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Town, Unit
 from park.types import PARK_SCOPE, Level
 from park.units import format_value, precision_for
 
@@ -142,6 +142,26 @@ class Park:
         park.by_key = {(s.enterprise, s.tag): s for s in sensors}
         park.by_id = {s.id: s for s in sensors}
         return park
+
+    def without_sensor_models(self) -> Park:
+        """This park with the site file's per-sensor models left out of ``site`` and ``enterprises``
+        (every enterprise's ``sensors`` empty): what the running service keeps.
+
+        Once compiled into :class:`SensorSpec` they are not read again, and at the national registry's
+        size (440,000 sensors) they are half the resident memory — a pydantic model each. Everything
+        else of the site file is kept as it was; the specs and lookups are shared, not copied."""
+        enterprises: dict[str, Enterprise] = {}
+
+        def ent(e: Enterprise) -> Enterprise:
+            enterprises[e.code] = slim = e.model_copy(update={"sensors": []})
+            return slim
+
+        def town(t: Town) -> Town:
+            return t.model_copy(update={"enterprises": [ent(e) for e in t.enterprises]})
+
+        districts = [d.model_copy(update={"towns": [town(t) for t in d.towns]}) for d in self.site.districts]
+        return Park(site=self.site.model_copy(update={"districts": districts}), sensors=self.sensors,
+                    units=self.units, enterprises=enterprises, by_key=self.by_key, by_id=self.by_id)
 
     def sensor(self, enterprise: str, tag: str) -> SensorSpec | None:
         return self.by_key.get((enterprise, tag))
