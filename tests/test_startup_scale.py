@@ -232,3 +232,27 @@ def test_a_running_service_frees_the_sensor_models_its_caller_handed_over(
 
     before, running = asyncio.run(go())
     assert (before, running) == (1, 0)
+
+
+def test_registry_ids_follow_each_sensor_when_the_file_order_and_the_id_order_differ(db_url: str) -> None:
+    # ids come back as one array in file order: a sensor added at the top of an enterprise on a second
+    # sync gets the newest id while sitting first in the file
+    first = parse_site(SHARED, environ={})
+    added = parse_site(SHARED.replace(
+        "              - {tag: AT-2002, kind: gas_combustible, unit: \"%LEL\"}\n",
+        "              - {tag: AT-0001, kind: gas_combustible, unit: \"%LEL\"}\n"
+        "              - {tag: AT-2002, kind: gas_combustible, unit: \"%LEL\"}\n", 1), environ={})
+
+    async def go() -> tuple[Park, Park, dict[str, int]]:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            await migrate(conn)
+            p1 = await sync_registry(conn, first)
+            p2 = await sync_registry(conn, added)
+            cur = await conn.execute("SELECT tag, id FROM sensors")
+            return p1, p2, {r[0]: r[1] for r in await cur.fetchall()}
+
+    p1, p2, rows = asyncio.run(go())
+    assert [s.tag for s in p2.sensors].index("AT-0001") < [s.tag for s in p2.sensors].index("AT-2002")
+    assert {s.tag: s.id for s in p2.sensors} == rows and len(rows) == 12
+    assert {s.tag: s.id for s in p1.sensors} == {t: i for t, i in rows.items() if t != "AT-0001"}
+    assert p2.by_id[rows["AT-0001"]].tag == "AT-0001" and rows["AT-0001"] == max(rows.values())
