@@ -227,7 +227,10 @@ async def run_service(
     registry: CollectorRegistry | None = None,
     on_ready: Callable[[ServiceHandle], None] | None = None,
 ) -> None:
-    """Run until cancelled. ``on_ready`` is called once every stage is started."""
+    """Run until cancelled. ``on_ready`` is called once every stage is started.
+
+    The service keeps ``site`` without its per-sensor models (compiled into the park's specs); they
+    are freed once the caller drops its own reference (``hazardwatch run`` does)."""
     clock = clock or SystemClock()
     registry = registry if registry is not None else CollectorRegistry()
     if settings.database_url is None:
@@ -238,8 +241,10 @@ async def run_service(
     redactor = service_redactor(site, settings)
     filters = redact.install(redactor)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL (robot keys, tokens)
+    run = _run(settings, site, clock, registry, redactor, on_ready)
+    del site  # handed over: _run keeps only what the service needs of it (Park.without_sensor_models)
     try:
-        await _run(settings, site, clock, registry, redactor, on_ready)
+        await run
     finally:
         for h, f in filters:
             h.removeFilter(f)
@@ -259,8 +264,11 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
     async with open_pool(url, min_size=2, max_size=16) as pool:
         async with pool.connection() as conn:
             edition, applied = await migrate(conn)
-            park = await sync_registry(conn, site)
+            park = (await sync_registry(conn, site)).without_sensor_models()
             await configure_policies(conn, edition, site.retention)
+        # from here on the site file as the service keeps it: the per-sensor models are freed once the
+        # caller has let go of its own reference too (hazardwatch run does)
+        site = park.site
         trim_memory()
         log.info("database %s ready (%s); migrations applied now: %s; %d sensors",
                  edition.value, settings.safe_dict()["database"], ", ".join(applied) or "none",

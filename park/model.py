@@ -7,12 +7,12 @@ limits (standard defaults applied), and ask which units sit above an enterprise.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from park.gases import lookup_gas, normalise_unit
-from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Unit
+from park.site import Contact, Enterprise, EnterpriseState, Sensor, SensorKind, Site, Town, Unit
 from park.types import PARK_SCOPE, Level
 from park.units import format_value, precision_for
 
@@ -119,8 +119,8 @@ class Park:
     by_id: dict[int, SensorSpec] = field(default_factory=dict)
 
     @classmethod
-    def from_site(cls, site: Site, ids: Mapping[tuple[str, str], int] | None = None) -> Park:
-        """Compile ``site``; ``ids`` maps (enterprise, tag) to registry ids (else 1..N in file order)."""
+    def from_site(cls, site: Site, ids: Sequence[int] | None = None) -> Park:
+        """Compile ``site``; ``ids`` are the registry ids of its sensors in file order (else 1..N)."""
         sensors: list[SensorSpec] = []
         units: dict[str, UnitInfo] = {}
         enterprises: dict[str, Enterprise] = {}
@@ -135,13 +135,33 @@ class Park:
                     enterprises[e.code] = e
                     grades = {h.code: h.grade for h in e.hazard_sources}
                     for s in e.sensors:
+                        sid = ids[n] if ids is not None else n + 1
                         n += 1
-                        sid = ids[(e.code, s.tag)] if ids is not None else n
                         sensors.append(_spec(sid, s, e.code, t.code, d.code, grades, shared))
         park = cls(site=site, sensors=sensors, units=units, enterprises=enterprises)
         park.by_key = {(s.enterprise, s.tag): s for s in sensors}
         park.by_id = {s.id: s for s in sensors}
         return park
+
+    def without_sensor_models(self) -> Park:
+        """This park with the site file's per-sensor models left out of ``site`` and ``enterprises``
+        (every enterprise's ``sensors`` empty): what the running service keeps.
+
+        Once compiled into :class:`SensorSpec` they are not read again, and at the national registry's
+        size (440,000 sensors) they are some 330 MB of objects — a pydantic model each. Everything
+        else of the site file is kept as it was; the specs and lookups are shared, not copied."""
+        enterprises: dict[str, Enterprise] = {}
+
+        def ent(e: Enterprise) -> Enterprise:
+            enterprises[e.code] = slim = e.model_copy(update={"sensors": []})
+            return slim
+
+        def town(t: Town) -> Town:
+            return t.model_copy(update={"enterprises": [ent(e) for e in t.enterprises]})
+
+        districts = [d.model_copy(update={"towns": [town(t) for t in d.towns]}) for d in self.site.districts]
+        return Park(site=self.site.model_copy(update={"districts": districts}), sensors=self.sensors,
+                    units=self.units, enterprises=enterprises, by_key=self.by_key, by_id=self.by_id)
 
     def sensor(self, enterprise: str, tag: str) -> SensorSpec | None:
         return self.by_key.get((enterprise, tag))

@@ -9,12 +9,18 @@ name, hazard source and limits, and every secret is still found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import shutil
+import tempfile
 import typing
+import uuid
 
 import psycopg
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, SecretStr
 
+from hazardwatch.service import ServiceHandle, run_service
 from park import settings as settings_module
 from park import site as site_module
 from park.db.migrate import migrate
@@ -22,8 +28,10 @@ from park.db.registry import sync_registry
 from park.model import Park, _spec
 from park.proc import pause_collector, settle
 from park.redact import secret_fields, secret_values
+from park.settings import EnvSettings, load_settings
 from park.site import Sensor, Site
 from park.sitefile import load_site, parse_site
+from tests.service_helpers import free_port
 from tests.site_helpers import MINIMAL_SITE, variant
 
 # sensors that share a configuration but not their identity, and sensors one setting apart
@@ -165,3 +173,86 @@ def test_a_word_quoted_in_one_place_and_plain_in_another_keeps_both_readings() -
                       environ={})
     sources = site.districts[0].towns[0].enterprises[0].hazard_sources
     assert [(h.name, h.grade) for h in sources] == [("2", 2), ("3", 3), ("true", 1)]
+
+
+def _without_sensor_lists(site: Site) -> dict[str, object]:
+    return site.model_dump(exclude={"districts": {"__all__": {"towns": {"__all__": {"enterprises": {
+        "__all__": {"sensors"}}}}}}})
+
+
+def test_the_park_the_service_keeps_has_no_sensor_models_and_answers_the_same() -> None:
+    site = parse_site(SHARED, environ={})
+    full = Park.from_site(site)
+    kept = full.without_sensor_models()
+    assert not [s for _d, _t, e in kept.site.walk() for s in e.sensors]
+    assert not [s for e in kept.enterprises.values() for s in e.sensors]
+    # the compiled sensors and lookups are shared, not copied; the rest of the file is as it was
+    assert kept.sensors is full.sensors and kept.by_key is full.by_key and kept.by_id is full.by_id
+    assert kept.units is full.units and kept.counts() == full.counts() and kept.kinds() == full.kinds()
+    assert _without_sensor_lists(kept.site) == _without_sensor_lists(site)
+    assert {c: e.model_dump(exclude={"sensors"}) for c, e in kept.enterprises.items()} == \
+        {c: e.model_dump(exclude={"sensors"}) for c, e in full.enterprises.items()}
+    assert [e.code for _d, _t, e in kept.site.walk()] == list(kept.enterprises)
+    assert all(kept.enterprises[e.code] is e for _d, _t, e in kept.site.walk())
+
+
+def test_a_running_service_frees_the_sensor_models_its_caller_handed_over(
+        make_database, mqtt_url: str, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    # hazardwatch run hands the parsed site file over and keeps no reference: with a national registry
+    # the per-sensor models are half the resident memory, and the service must not keep them alive
+    db = make_database("timescaledb", "hwmem")
+    marked = SHARED.replace("AT-2008", "MEMTEST-1")
+
+    def models() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Sensor and o.tag == "MEMTEST-1")
+
+    async def go() -> tuple[int, int]:
+        data_dir = tempfile.mkdtemp(prefix="hw-data-")
+        handed = [parse_site(marked, environ={})]
+        settings = load_settings(handed[0], EnvSettings(
+            database_url=db, mqtt_url=mqtt_url, mqtt_prefix=topic_prefix,
+            mqtt_client_id=f"mem-{uuid.uuid4().hex[:8]}", http_addr=f"127.0.0.1:{free_port()}",
+            link_secret="test-link-secret-0123456789", data_dir=data_dir))
+        before = models()
+        ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_service(settings, handed.pop(), registry=CollectorRegistry(),
+                                               on_ready=ready.set_result))
+        try:
+            done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()
+            handle = ready.result()
+            assert handle.park.sensor("E001", "MEMTEST-1") is not None
+            return before, models()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    before, running = asyncio.run(go())
+    assert (before, running) == (1, 0)
+
+
+def test_registry_ids_follow_each_sensor_when_the_file_order_and_the_id_order_differ(db_url: str) -> None:
+    # ids come back as one array in file order: a sensor added at the top of an enterprise on a second
+    # sync gets the newest id while sitting first in the file
+    first = parse_site(SHARED, environ={})
+    added = parse_site(SHARED.replace(
+        "              - {tag: AT-2002, kind: gas_combustible, unit: \"%LEL\"}\n",
+        "              - {tag: AT-0001, kind: gas_combustible, unit: \"%LEL\"}\n"
+        "              - {tag: AT-2002, kind: gas_combustible, unit: \"%LEL\"}\n", 1), environ={})
+
+    async def go() -> tuple[Park, Park, dict[str, int]]:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            await migrate(conn)
+            p1 = await sync_registry(conn, first)
+            p2 = await sync_registry(conn, added)
+            cur = await conn.execute("SELECT tag, id FROM sensors")
+            return p1, p2, {r[0]: r[1] for r in await cur.fetchall()}
+
+    p1, p2, rows = asyncio.run(go())
+    assert [s.tag for s in p2.sensors].index("AT-0001") < [s.tag for s in p2.sensors].index("AT-2002")
+    assert {s.tag: s.id for s in p2.sensors} == rows and len(rows) == 12
+    assert {s.tag: s.id for s in p1.sensors} == {t: i for t, i in rows.items() if t != "AT-0001"}
+    assert p2.by_id[rows["AT-0001"]].tag == "AT-0001" and rows["AT-0001"] == max(rows.values())

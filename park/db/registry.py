@@ -19,7 +19,7 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
     """Upsert the registry from ``site`` in one transaction; return the park with registry ids."""
     units: list[tuple[str, str, str, str | None, str]] = []
     sources: list[tuple[str, str, str, int]] = []
-    sensors: list[tuple[str, str, str, str, str, str | None, str | None, str, str]] = []
+    sensors: list[tuple[str, str, str, str, str, str | None, str | None, str, str, int]] = []
     shared: dict[tuple[object, ...], tuple[str, str, str | None, str, str]] = {}
     for d in site.districts:
         units.append((d.code, "district", d.name, None, "running"))
@@ -39,7 +39,7 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
                                                  json.dumps(lim), json.dumps(cfg, ensure_ascii=False))
                     kind, unit, gas, lim_json, cfg_json = derived
                     sensors.append((e.code, s.tag, kind, unit, s.name or s.tag, s.hazard_source, gas,
-                                    lim_json, cfg_json))
+                                    lim_json, cfg_json, len(sensors)))
     async with conn.transaction(), conn.cursor() as cur:
         # ON COMMIT DROP does not fire when the caller's transaction makes this one a savepoint
         await cur.execute("DROP TABLE IF EXISTS pg_temp._units, pg_temp._hs, pg_temp._sensors")
@@ -80,14 +80,17 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
                           " AND x.code = h.code)")
         await cur.execute(
             "CREATE TEMP TABLE _sensors (enterprise_code text, tag text, kind text, unit text, name text,"
-            " hazard_source text, gas text, limits jsonb, config jsonb) ON COMMIT DROP"
+            " hazard_source text, gas text, limits jsonb, config jsonb, n int) ON COMMIT DROP"
         )
         async with cur.copy("COPY _sensors FROM STDIN") as cp:
             for row in sensors:
                 await cp.write_row(row)
+        # start-up's peak memory with the national registry: the rows go before the park is built
+        n_sensors = len(sensors)
+        del sensors
         await cur.execute(
             "INSERT INTO sensors (enterprise_code, tag, kind, unit, name, hazard_source, gas, limits, config)"
-            " SELECT * FROM _sensors"
+            " SELECT enterprise_code, tag, kind, unit, name, hazard_source, gas, limits, config FROM _sensors"
             " ON CONFLICT (enterprise_code, tag) DO UPDATE SET kind = EXCLUDED.kind, unit = EXCLUDED.unit,"
             "  name = EXCLUDED.name, hazard_source = EXCLUDED.hazard_source, gas = EXCLUDED.gas,"
             "  limits = EXCLUDED.limits, config = EXCLUDED.config, retired_at = NULL, updated_at = now()"
@@ -99,8 +102,10 @@ async def sync_registry(conn: AsyncConnection, site: Site) -> Park:
         await cur.execute("UPDATE sensors s SET retired_at = now() WHERE retired_at IS NULL"
                           " AND NOT EXISTS (SELECT 1 FROM _sensors x WHERE x.enterprise_code = s.enterprise_code"
                           " AND x.tag = s.tag)")
-        await cur.execute("SELECT s.enterprise_code, s.tag, s.id FROM sensors s"
+        # the registry ids as one array in the file's order: no (enterprise, tag) key per sensor is fetched
+        await cur.execute("SELECT coalesce(array_agg(s.id ORDER BY x.n), '{}') FROM sensors s"
                           " JOIN _sensors x USING (enterprise_code, tag)")
-        ids = {(r[0], r[1]): r[2] for r in await cur.fetchall()}
-    park = Park.from_site(site, ids)
-    return park
+        got = await cur.fetchone()
+        ids: list[int] = got[0] if got else []
+    assert len(ids) == n_sensors  # (enterprise, tag) is unique in the file and in the table
+    return Park.from_site(site, ids)
