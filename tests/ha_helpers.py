@@ -9,11 +9,23 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from park.db.migrate import migrate
+from park.db.registry import sync_registry
+from park.model import Park
+from park.site import Site
 
 
 async def migrated(url: str) -> None:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await migrate(conn)
+
+
+async def registered(url: str, site: Site) -> Park:
+    """A migrated database with ``site``'s registry in it: the park, with its registry ids."""
+    await migrated(url)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        park = await sync_registry(conn, site)
+        await conn.commit()
+    return park
 
 
 async def until(pred: Callable[[], bool | Awaitable[bool]], what: str, within: float = 30.0,

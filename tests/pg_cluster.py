@@ -121,15 +121,8 @@ def primary_and_replica(ports: tuple[int, int] = (0, 0)) -> Iterator[tuple[PgNod
 
 def wait_streaming(primary: PgNode, within: float = 60) -> None:
     """Until the primary has a replica streaming from it."""
-    deadline = time.monotonic() + within
     with psycopg.connect(primary.url, autocommit=True) as conn:
-        while True:
-            row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").fetchone()
-            if row and row[0] >= 1:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no replica streaming from {primary.url} within {within} s")
-            time.sleep(0.1)
+        _until_replica(conn, "state = 'streaming'", f"no replica streaming from {primary.url}", within)
 
 
 def synchronous(primary: PgNode, within: float = 60) -> None:
@@ -142,14 +135,21 @@ def synchronous(primary: PgNode, within: float = 60) -> None:
         conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
         conn.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
         conn.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + within
-        while True:
-            row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()
-            if row and row[0] >= 1:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the replica of {primary.url} did not become synchronous within {within} s")
-            time.sleep(0.05)
+        _until_replica(conn, "sync_state = 'sync'", f"the replica of {primary.url} did not become synchronous",
+                       within)
+
+
+def _until_replica(conn: psycopg.Connection, where: str, failure: str, within: float) -> None:
+    """Poll the primary's ``pg_stat_replication`` until a replica matches ``where`` (the server's state
+    changes outside this process: there is nothing to wait on but the view)."""
+    deadline = time.monotonic() + within
+    while True:
+        row = conn.execute(f"SELECT count(*) FROM pg_stat_replication WHERE {where}").fetchone()
+        if row and row[0] >= 1:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{failure} within {within} s")
+        time.sleep(0.05)
 
 
 def multi_host_url(*nodes: PgNode, dbname: str = "postgres", **params: str) -> str:

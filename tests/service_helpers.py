@@ -13,9 +13,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from hazardwatch.api.auth import create_token
 from hazardwatch.service import ServiceHandle, run_service
 from park.clock import FakeClock
-from park.settings import EnvSettings, load_settings
+from park.settings import EnvSettings, Settings, load_settings
 from park.site import Site
 from park.sitefile import parse_site
 from tests.alerting_helpers import VendorServer, sms_gateway, sms_id, wecom_robot
@@ -36,23 +37,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def service_settings(site: Site, db_url: str, mqtt_url: str, prefix: str, data_dir: str, *, client: str = "svc",
+                     http_addr: str | None = None, **env: str) -> Settings:
+    """The settings the in-process service tests run with: a broker session, an API port and a data
+    directory of their own; ``env`` adds further ``EnvSettings`` fields (instance, lease_ttl …)."""
+    return load_settings(site, EnvSettings(
+        database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=prefix, mqtt_client_id=f"{client}-{uuid.uuid4().hex[:8]}",
+        http_addr=http_addr or f"127.0.0.1:{free_port()}", link_secret="test-link-secret-0123456789",
+        data_dir=data_dir, **env))
+
+
+@contextlib.asynccontextmanager
+async def launched(start: Callable[[Callable[[ServiceHandle], None]], Coroutine[Any, Any, None]],
+                   within: float = 30) -> AsyncIterator[tuple[ServiceHandle, asyncio.Task[None]]]:
+    """``start(on_ready)`` — a ``run_service(…)`` call — as a task, once every stage is up; cancelled after.
+    The caller builds the call, so it decides what the service is handed (and what it keeps itself)."""
+    ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(start(ready.set_result), name="service")
+    try:
+        done, _ = await asyncio.wait({ready, task}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        yield ready.result(), task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @contextlib.asynccontextmanager
 async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                           clock: FakeClock) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient]]:
-    port = free_port()
     data_dir = tempfile.mkdtemp(prefix="hw-data-")
-    settings = load_settings(site, EnvSettings(
-        database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=prefix, mqtt_client_id=f"svc-{uuid.uuid4().hex[:8]}",
-        http_addr=f"127.0.0.1:{port}", link_secret="test-link-secret-0123456789", data_dir=data_dir))
-    ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_service(settings, site, clock=clock, registry=CollectorRegistry(),
-                                           on_ready=ready.set_result))
+    settings = service_settings(site, db_url, mqtt_url, prefix, data_dir)
     try:
-        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        handle = ready.result()
-        async with httpx.AsyncClient(base_url=handle.http_url, timeout=10) as client:
+        async with launched(lambda on_ready: run_service(settings, site, clock=clock, registry=CollectorRegistry(),
+                                                         on_ready=on_ready)) as (handle, _task), \
+                httpx.AsyncClient(base_url=handle.http_url, timeout=10) as client:
             for _ in range(100):
                 try:
                     if (await client.get("/healthz")).status_code == 200:
@@ -61,9 +82,6 @@ async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                     await asyncio.sleep(0.05)
             yield handle, client
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

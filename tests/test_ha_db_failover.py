@@ -29,7 +29,6 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +47,7 @@ from park.site import Site
 from tests.ha_helpers import until
 from tests.ingest_helpers import Publisher
 from tests.pg_cluster import PgNode, free_port, multi_host_url, primary_and_replica, synchronous
-from tests.service_helpers import StandIns, token_for
+from tests.service_helpers import StandIns, launched, service_settings, token_for
 
 PORTS = (19200, 19299)  # private servers of this test (the primary, the replica, the service's API)
 INSTANCE = "hdbfail-a"
@@ -119,25 +118,17 @@ async def service(site: Site, db_url: str, mqtt_url: str, prefix: str
                   ) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient, asyncio.Task[None]]]:
     """The whole service in this process on the real clock, one instance with a 2 s lease."""
     data_dir = tempfile.mkdtemp(prefix="hdbfail-data-")
-    settings = load_settings(site, EnvSettings(
-        database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=prefix, mqtt_client_id=f"hdbfail-{uuid.uuid4().hex[:8]}",
-        http_addr=f"127.0.0.1:{free_port(*PORTS)}", link_secret="test-link-secret-0123456789", data_dir=data_dir,
-        instance=INSTANCE, lease_ttl="2s", sync_commit_wait="1s"))
-    ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_service(settings, site, clock=SystemClock(), registry=CollectorRegistry(),
-                                           on_ready=ready.set_result), name="service")
+    settings = service_settings(site, db_url, mqtt_url, prefix, data_dir, client="hdbfail",
+                                http_addr=f"127.0.0.1:{free_port(*PORTS)}", instance=INSTANCE, lease_ttl="2s",
+                                sync_commit_wait="1s")
     try:
-        done, _ = await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        handle = ready.result()
-        async with httpx.AsyncClient(base_url=handle.http_url, timeout=10) as client:
+        async with launched(lambda on_ready: run_service(settings, site, clock=SystemClock(),
+                                                         registry=CollectorRegistry(), on_ready=on_ready),
+                            within=60) as (handle, task), \
+                httpx.AsyncClient(base_url=handle.http_url, timeout=10) as client:
             await until(lambda: _status(client, "/healthz", 200), "the API answers")
             yield handle, client, task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -319,21 +310,16 @@ def test_ingest_writers_skip_a_first_host_that_vanished(make_database) -> None: 
 def test_ingest_built_for_a_new_term_clears_the_degraded_report_it_inherits(make_database) -> None:  # type: ignore[no-untyped-def]
     """After a failover the next term's ingest is a new object on the same ``Health``: the report its
     predecessor left (writes failing) must be cleared by its first good write, or /readyz stays 503."""
-    from park.db.registry import sync_registry
     from park.health import Health
     from park.sitefile import parse_site
+    from tests.ha_helpers import registered
     from tests.test_ha_fencing import SITE
 
     url = make_database("postgres", "hdbfail")
     site = parse_site(SITE, environ={})
 
     async def go() -> None:
-        from tests.ha_helpers import migrated
-
-        await migrated(url)
-        async with await psycopg.AsyncConnection.connect(url) as conn:
-            park = await sync_registry(conn, site)
-            await conn.commit()
+        park = await registered(url, site)
         settings = load_settings(site, EnvSettings(database_url=url, mqtt_client_id="hdbfail-x"))
         health = Health()
         health.degraded("ingest.database", "writing readings fails: OperationalError")  # the last term's

@@ -18,10 +18,9 @@ from hazardwatch.leadership import FENCED_SQLSTATE, Leadership, fenced_sessions,
 from park.clock import FakeClock
 from park.db import open_pool
 from park.db.lease import Elector, Term
-from park.db.registry import sync_registry
 from park.settings import EnvSettings, load_settings
 from park.sitefile import parse_site
-from tests.ha_helpers import migrated, until
+from tests.ha_helpers import migrated, registered, until
 
 SITE = """\
 site: {name: 围栏测试园区}
@@ -143,10 +142,7 @@ def test_alerting_does_not_send_when_it_may_not(make_database) -> None:
             return "ok"
 
     async def go() -> None:
-        await migrated(url)
-        async with await psycopg.AsyncConnection.connect(url) as conn:
-            park = await sync_registry(conn, site)
-            await conn.commit()
+        park = await registered(url, site)
         settings = load_settings(site, EnvSettings(database_url=url, mqtt_client_id="x"))
         sms = Recorder()
         allowed = [True]

@@ -9,18 +9,16 @@ name, hazard source and limits, and every secret is still found.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import shutil
 import tempfile
 import typing
-import uuid
 
 import psycopg
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, SecretStr
 
-from hazardwatch.service import ServiceHandle, run_service
+from hazardwatch.service import run_service
 from park import settings as settings_module
 from park import site as site_module
 from park.db.migrate import migrate
@@ -28,10 +26,9 @@ from park.db.registry import sync_registry
 from park.model import Park, _spec
 from park.proc import pause_collector, settle
 from park.redact import secret_fields, secret_values
-from park.settings import EnvSettings, load_settings
 from park.site import Sensor, Site
 from park.sitefile import load_site, parse_site
-from tests.service_helpers import free_port
+from tests.service_helpers import launched, service_settings
 from tests.site_helpers import MINIMAL_SITE, variant
 
 # sensors that share a configuration but not their identity, and sensors one setting apart
@@ -209,25 +206,14 @@ def test_a_running_service_frees_the_sensor_models_its_caller_handed_over(
     async def go() -> tuple[int, int]:
         data_dir = tempfile.mkdtemp(prefix="hw-data-")
         handed = [parse_site(marked, environ={})]
-        settings = load_settings(handed[0], EnvSettings(
-            database_url=db, mqtt_url=mqtt_url, mqtt_prefix=topic_prefix,
-            mqtt_client_id=f"mem-{uuid.uuid4().hex[:8]}", http_addr=f"127.0.0.1:{free_port()}",
-            link_secret="test-link-secret-0123456789", data_dir=data_dir))
+        settings = service_settings(handed[0], db, mqtt_url, topic_prefix, data_dir, client="mem")
         before = models()
-        ready: asyncio.Future[ServiceHandle] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run_service(settings, handed.pop(), registry=CollectorRegistry(),
-                                               on_ready=ready.set_result))
         try:
-            done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                task.result()
-            handle = ready.result()
-            assert handle.park.sensor("E001", "MEMTEST-1") is not None
-            return before, models()
+            async with launched(lambda on_ready: run_service(settings, handed.pop(), registry=CollectorRegistry(),
+                                                             on_ready=on_ready)) as (handle, _task):
+                assert handle.park.sensor("E001", "MEMTEST-1") is not None
+                return before, models()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             shutil.rmtree(data_dir, ignore_errors=True)
 
     before, running = asyncio.run(go())
