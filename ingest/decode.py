@@ -102,11 +102,6 @@ class Decoder:
             self.tags.setdefault(code, {})
         self.last_seq: dict[str, int] = {}
 
-    def late_spans(self, batch: ReadingBatch) -> list[tuple[int, int, int, int]]:
-        """(sensor id, oldest µs, newest µs, count) of :meth:`late_marks`, as plain tuples."""
-        m = self.late_marks(batch)
-        return [(int(r["sid"]), int(r["start"]), int(r["end"]), int(r["n"])) for r in m]
-
     def late_marks(self, batch: ReadingBatch) -> npt.NDArray[np.void]:
         """The readings in ``batch`` that arrived more than ``backfill_after`` after their time, each
         gateway's measured clock offset removed — a gateway whose clock is slow is not backfilling — as

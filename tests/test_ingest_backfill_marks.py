@@ -23,7 +23,7 @@ from ingest.decode import Decoded, Decoder
 from ingest.marks import MARK, PendingMarks
 from ingest.writer import write_marks
 from park.model import Park
-from park.types import epoch_us, from_epoch_us
+from park.types import ReadingBatch, epoch_us, from_epoch_us
 from tests.ingest_helpers import TAGS, Publisher, prepare, running_ingest, settings_for, site, wait_rows
 
 S = 1_000_000
@@ -48,17 +48,22 @@ def test_late_readings_are_marked_per_sensor_and_a_slow_clock_is_not_a_backfill(
         out = _batch(dec, "E2", [{"tag": "LT-1", "value": 5.0}], rx, ts=rx - 600 * S)
         rx += 5 * S
     assert dec.clocks.estimate("E2") == -600.0
-    assert dec.late_spans(out.batch()) == [], "ten minutes slow is a wrong clock, not a backfill"
+    assert _spans(dec, out.batch()) == [], "ten minutes slow is a wrong clock, not a backfill"
     live = _batch(dec, "E1", [{"tag": "AT-000", "value": 3.0}], rx, ts=rx - 20_000)
-    assert dec.late_spans(live.batch()) == []
+    assert _spans(dec, live.batch()) == []
     flush = [{"tag": t, "value": 3.0, "ts": (rx - (40 * 60 - k * 60) * S) // 1000}
              for k in range(10) for t in ("AT-001", "AT-000")]
-    spans = dec.late_spans(_batch(dec, "E1", flush, rx).batch())
+    spans = _spans(dec, _batch(dec, "E1", flush, rx).batch())
     first, last = rx - 40 * 60 * S, rx - 31 * 60 * S
     assert spans == [(a0.id, first, last, 10), (a1.id, first, last, 10)]
     # a minute late is not a backfill (backfill_after: 2 min)
-    assert dec.late_spans(_batch(dec, "E1", [{"tag": "AT-000", "value": 3.0, "ts": (rx - 60 * S) // 1000}],
+    assert _spans(dec, _batch(dec, "E1", [{"tag": "AT-000", "value": 3.0, "ts": (rx - 60 * S) // 1000}],
                                  rx).batch()) == []
+
+
+def _spans(dec: Decoder, batch: ReadingBatch) -> list[tuple[int, int, int, int]]:
+    """(sensor id, oldest µs, newest µs, count) of the decoder's late marks, as plain tuples."""
+    return [(int(r["sid"]), int(r["start"]), int(r["end"]), int(r["n"])) for r in dec.late_marks(batch)]
 
 
 def _marks(rows: list[tuple[int, int, int, int, int]]) -> npt.NDArray[np.void]:
