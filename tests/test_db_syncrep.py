@@ -149,6 +149,9 @@ def test_a_standby_takes_over_while_the_only_synchronous_replica_is_down() -> No
                 await asyncio.to_thread(replica.stop, "immediate")
                 tasks[0].cancel()  # a's process ends: its lease session closes, b campaigns
                 await until(lambda: _app_waits(primary, "hazardwatch-lease b"), "b's takeover waiting for the replica")
+                [pid] = (await waiting(primary))["hazardwatch-lease b"]
+                # the wait's age counts from the guard's first sight of it: the clock moves only after that
+                await until(lambda: pid in guard.waits, "the guard seeing b's takeover wait")
                 assert b.leading() is None
                 clock.t += 3.0
                 await until(lambda: b.leading() is not None, "b leads")

@@ -96,6 +96,11 @@ class SyncRepGuard:
         self._probe_cut = False
         health.register(STAGE)
 
+    @property
+    def waits(self) -> set[int]:
+        """The sessions the last look saw waiting for the replica (their ages count from that look on)."""
+        return {pid for pid, _ in self._seen}
+
     # --- one look -----------------------------------------------------------------------------
     async def check(self, conn: AsyncConnection) -> list[int]:
         """Cancel the waits that are due; return their session ids."""
