@@ -39,6 +39,7 @@ from alerting.escalation import Planned, contact_id, message_key
 from alerting.links import LinkSigner
 from alerting.messages import Renderer
 from alerting.metrics import AlertingMetrics
+from park.db.pool import one_round_trip
 from park.journal import Journal, LocalMessage
 from park.model import Park
 from park.site import Delivery
@@ -164,18 +165,20 @@ class Row:
 
 
 # --- every write of the outbox and notifications goes through these few functions ----------------
-async def enqueue(conn: AsyncConnection, rows: Sequence[Row | tuple[Planned, dict[str, Any]]]) -> int:
+async def enqueue(conn: AsyncConnection, rows: Sequence[Row | tuple[Planned, dict[str, Any]]]) -> None:
     """Insert planned messages; one already planned (same idempotency key) is left alone.
 
     A later step or reminder of an alarm already acknowledged or closed is not planned at all: the
     acknowledgement is committed before the board shows it, so a tick that runs after it — even one
     whose in-memory escalation has not yet heard of it — cannot send one more message.
+
+    No statement's answer is read here: inside :func:`park.db.pool.one_round_trip` the whole plan
+    goes to the server in one round trip.
     """
-    n = 0
     norm = [r if isinstance(r, Row) else Row.of(*r) for r in rows]
     for r in norm:
         stoppable = r.alarm_id is not None and r.step.startswith(STOPPABLE)
-        cur = await conn.execute(
+        await conn.execute(
             "INSERT INTO outbox (idempotency_key, alarm_id, unit_code, contact, channel, step, payload, due_at,"
             " first_due_at, status)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
@@ -186,9 +189,7 @@ async def enqueue(conn: AsyncConnection, rows: Sequence[Row | tuple[Planned, dic
              json.dumps(r.payload, ensure_ascii=False, default=str), r.due_at, r.due_at, r.status,
              stoppable, r.alarm_id),
         )
-        n += cur.rowcount
     await _raise_levels(conn, norm)
-    return n
 
 
 async def _raise_levels(conn: AsyncConnection, rows: Sequence[Row]) -> None:
@@ -281,7 +282,7 @@ class PgOutbox:
         self._tidied = -1e9  # monotonic time of the last tidy-up (cancel, supersede, expired leases)
 
     async def enqueue(self, rows: Sequence[Row]) -> None:
-        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
             await enqueue(conn, rows)
 
     async def recover(self) -> int:
@@ -291,7 +292,8 @@ class PgOutbox:
             return cur.rowcount
 
     async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
-        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
+        # the tidy-up and the claim in one round trip (rows read after it)
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
             if time.monotonic() - self._tidied >= TIDY_EVERY:
                 await self._tidy(conn, now)
             cur = await conn.execute(
@@ -309,7 +311,7 @@ class PgOutbox:
                 "  FROM alarms a WHERE a.id = o.alarm_id), true)",
                 (now, now, limit),
             )
-            rows = await cur.fetchall()
+        rows = await cur.fetchall()
         return [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
 
     async def _tidy(self, conn: AsyncConnection, now: datetime) -> None:
@@ -330,7 +332,7 @@ class PgOutbox:
         self._tidied = time.monotonic()
 
     async def record(self, c: Claimed, now: datetime, d: Decision, extra: Sequence[Row]) -> None:
-        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
             await record_attempt(conn, c.key, c.id, c, c.attempts, now, d)
             if extra:
                 await enqueue(conn, extra)

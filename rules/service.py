@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from park.clock import Clock
+from park.db.pool import one_round_trip
 from park.errors import Unavailable
 from park.health import Health
 from park.journal import DbGate, Flusher, is_transient
@@ -44,7 +45,7 @@ from park.types import (
 from rules.engine import RuleEngine
 from rules.lifecycle import Alarm, Transition
 from rules.metrics import RulesMetrics
-from rules.store import load_open, load_state, message, persist, save_clocks, save_state
+from rules.store import load_open, load_state, message, persist, persist_statements, save_clocks, save_state
 
 log = logging.getLogger("hazardwatch.rules")
 # what ingest hands over: readings, gateway status, and (where ingest measures them) gateway clocks
@@ -236,8 +237,8 @@ class RulesService:
 
     async def _store(self, out: list[Transition], fresh: set[int]) -> None:
         async with self.pool.connection(timeout=DB_TIMEOUT) as conn:
-            async with conn.transaction():
-                await persist(conn, out, self.engine.bind, fresh)
+            async with one_round_trip(conn):  # an alarm on its way to a phone: one round trip
+                await persist_statements(conn, out, self.engine.bind, fresh)
             await self._refill(conn)
 
     async def _commit(self, out: list[Transition]) -> None:

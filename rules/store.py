@@ -46,11 +46,13 @@ async def persist(conn: AsyncConnection, transitions: Sequence[Transition], bind
     Pipelined: a burst of thousands of transitions (a gateway's sensors all going stale) is sent
     without a round trip per statement, so the rule stage is not held for seconds storing it."""
     async with conn.pipeline():
-        await _persist(conn, transitions, bind, fresh)
+        await persist_statements(conn, transitions, bind, fresh)
 
 
-async def _persist(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any,
-                   fresh: Container[int]) -> None:
+async def persist_statements(conn: AsyncConnection, transitions: Sequence[Transition], bind: Any,
+                             fresh: Container[int]) -> None:
+    """:func:`persist`'s statements, on the caller's pipeline (e.g. :func:`park.db.pool.one_round_trip`):
+    none of their answers is waited for here unless a new alarm still needs an id."""
     touched: dict[int, None] = {}  # in order
     inserted: set[int] = set()
     # new alarms without an id yet get theirs in one query, not one INSERT … RETURNING each

@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from park.errors import Unavailable
@@ -45,6 +46,41 @@ class Pool(AsyncConnectionPool):
             await self.putconn(conn)
             raise asyncio.CancelledError
         return conn
+
+
+@asynccontextmanager
+async def one_round_trip(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """One transaction in one round trip to the server: ``BEGIN``, the statements run inside the
+    block, ``COMMIT``, sent as one pipeline with one ``Sync``.
+
+    For the short transactions on an alarm's way to a phone (the rule stage's record, the outbox's
+    plan and claim): with the server busy (a backlog being stored) every round trip waits its turn
+    for a CPU, and the plain form costs three or more — ``BEGIN``, each statement, ``COMMIT``.
+    Inside the block statements are queued, not answered: read a cursor's rows or ``rowcount``
+    after the block. An error in any statement, or raised inside the block, commits nothing (the
+    server skips the rest; the transaction is rolled back) and is raised here.
+
+    ``conn`` must be idle (a pool's connection, not inside a transaction). It is switched to
+    autocommit for the block — so that ``BEGIN`` needs no round trip of its own — and back after;
+    a connection that cannot be switched back (broken, cancelled mid-answer) is closed, and the
+    pool replaces it.
+    """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("one_round_trip() needs an idle connection, not one inside a transaction")
+    was = conn.autocommit
+    await conn.set_autocommit(True)
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield conn  # an exception here: no COMMIT is queued, and the finally below rolls back
+            await conn.execute("COMMIT")
+    finally:
+        try:
+            if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
+                await conn.execute("ROLLBACK")
+            await conn.set_autocommit(was)
+        except Exception:  # broken, or cancelled while an answer was on its way: the pool drops it
+            await conn.close()
 
 
 @asynccontextmanager
