@@ -61,6 +61,7 @@ from park.types import LEVELS, AlarmEvent, AlarmEventKind, Level, Severity
 
 log = logging.getLogger("hazardwatch.alerting")
 POLL = 0.2  # seconds between looks at the clock and the outbox
+IN_FLIGHT = 50  # messages being sent at once at most
 EVENTS_PER_PLAN = 500  # alarm events planned together at most
 FLOOD_SUMMARY_EVERY = timedelta(minutes=5)
 OVERDUE_EVERY = timedelta(seconds=15)  # how often undelivered contacts are looked for
@@ -171,17 +172,35 @@ class AlertingService:
             self.ticks_done += 1
 
     async def _work(self) -> None:
-        while True:
-            claimed = await self.claim(self.clock.now())
-            if claimed:
-                await asyncio.gather(*(self.deliver(c, self.clock.now()) for c in claimed))
-                continue
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(POLL):  # not wait_for: it can swallow a cancellation on 3.11
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        """Claim what is due and send it. A message being sent does not hold up the next claim: a slow
+        gateway (up to its timeout) or a slow record must not keep a new alarm's first notice waiting.
+        At most ``IN_FLIGHT`` messages are out at once; the claim takes only what there is room for."""
+        sending: set[asyncio.Task[str]] = set()
+        more = False  # the last claim filled the room: more may be due as soon as a message is done
+
+        def done(t: asyncio.Task[str]) -> None:
+            sending.discard(t)
+            if more:
+                self._wake.set()
+
+        async with asyncio.TaskGroup() as tg:  # a delivery's error (NotLeading) ends the stage, as before
+            while True:
+                room = IN_FLIGHT - len(sending)
+                self._wake.clear()
+                if room > 0:
+                    claimed = await self.claim(self.clock.now(), room)
+                    more = len(claimed) >= room
+                    for c in claimed:
+                        task = tg.create_task(self.deliver(c, self.clock.now()), name=f"alerting-send-{c.key}")
+                        sending.add(task)
+                        task.add_done_callback(done)
+                    if claimed and not more:
+                        continue  # look once more at once: what was planned while this claim ran
+                try:
+                    async with asyncio.timeout(POLL):  # not wait_for: it can swallow a cancellation on 3.11
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
 
     # --- the two stores -----------------------------------------------------------------------------
     def _down(self, what: str, e: BaseException) -> None:
@@ -223,8 +242,8 @@ class AlertingService:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(5.0, delay * 2)
 
-    async def claim(self, now: datetime) -> list[Claimed]:
-        return list(await self._store_do("claim", lambda s: s.claim(now)))
+    async def claim(self, now: datetime, limit: int = IN_FLIGHT) -> list[Claimed]:
+        return list(await self._store_do("claim", lambda s: s.claim(now, limit)))
 
     async def deliver(self, c: Claimed, now: datetime) -> str:
         """Send one claimed message and record the attempt (in the store it came from, or the journal).

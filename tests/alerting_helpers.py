@@ -28,6 +28,7 @@ class VendorServer:
         self.hold = threading.Event()  # cleared: requests wait (up to a minute) until it is set again
         self.hold.set()
         self.held = 0  # requests waiting on the hold now
+        self.holding: list[bytes] = []  # their bodies
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -42,9 +43,11 @@ class VendorServer:
                 if not outer.hold.is_set():  # a gateway slow to answer: the request is in flight meanwhile
                     with outer.lock:
                         outer.held += 1
+                        outer.holding.append(body)
                     outer.hold.wait(60)
                     with outer.lock:
                         outer.held -= 1
+                        outer.holding.remove(body)
                 with outer.lock:
                     fault = outer.faults.pop(0) if outer.faults else None
                     if outer.fail_status is not None:

@@ -154,3 +154,39 @@ def test_a_contact_unreached_for_ten_minutes_is_reported_to_the_duty_room(  # ty
         asyncio.run(go())
     finally:
         sms.close()
+
+
+def test_a_gateway_slow_to_answer_does_not_hold_up_the_next_alarms_first_notice(  # type: ignore[no-untyped-def]
+        make_database, mqtt_url: str, topic_prefix: str, stand_ins: StandIns) -> None:
+    """The SMS gateway takes its time over AT-1's message (up to its timeout); meanwhile AT-2 goes red:
+    AT-2's SMS is claimed and sent at once, not after AT-1's request returns (the gateway's timeout is
+    set longer than the test waits, so AT-1's attempt cannot end meanwhile)."""
+    from park.sitefile import parse_site
+
+    db = make_database("postgres", "hwg")
+    sms = stand_ins.sms
+    site = parse_site(stand_ins.text.replace(f'url: "{sms.url}/send"}}', f'url: "{sms.url}/send", timeout: 120s}}'),
+                      environ={})
+    assert site.channels.sms is not None and site.channels.sms.timeout.total_seconds() == 120
+    clock = FakeClock(T0)
+
+    async def go() -> None:
+        async with running_service(site, db, mqtt_url, topic_prefix, clock) as (_h, _client):
+            pub = Publisher(mqtt_url)
+            ms = int(T0.timestamp() * 1000)
+            sms.hold.clear()  # every request waits for the gateway's answer until the hold is lifted
+            try:
+                pub.publish(f"{topic_prefix}/E1/point/AT-1", json.dumps({"value": 55, "ts": ms}))
+                await until(lambda: any(b"AT-1" in b for b in sms.holding), within=30)
+                pub.publish(f"{topic_prefix}/E1/point/AT-2", json.dumps({"value": 5.0, "ts": ms + 1000}))
+                # AT-1's request is still unanswered (held) while AT-2's reaches the gateway
+                await until(lambda: any(b"AT-2" in b for b in sms.holding), within=30)
+                assert any(b"AT-1" in b for b in sms.holding) and not sms.requests, "AT-1's still unanswered"
+            finally:
+                sms.hold.set()
+            await until(lambda: {"AT-1", "AT-2"} <= {t for r in sms.ok() for t in ("AT-1", "AT-2")
+                                                    if t in json.loads(r["body"])["text"]}, within=30)
+            assert sms.duplicates() == []
+            pub.close()
+
+    asyncio.run(go())
