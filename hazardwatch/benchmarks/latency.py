@@ -8,15 +8,21 @@ and times the first SMS request for it reaching a local SMS gateway. Three cases
 
 - ``live``: the background load alone;
 - ``backfill``: the same, while gateways flush a store-and-forward backlog (readings 3 hours old,
-  as fast as the broker takes them) on ``…/backfill``, as a gateway following docs/contract.md §1
+  as fast as the broker takes them, burst after burst until the last alarm is out, so that every
+  alarm is timed during the drain) on ``…/backfill``, as a gateway following docs/contract.md §1
   does — an alarm must not queue behind history (the live session receives the backlog too, on
-  ``{prefix}/#``, and passes over those copies undecoded);
+  ``{prefix}/#``, and passes over those copies undecoded). It prints how much history was stored
+  while the alarms were timed;
 - ``backfill-on-data``: the same backlog on ``…/data``, as gateways did before the contract had
   ``…/backfill`` (still valid): the live alarm then waits behind it in the broker's per-session order,
   which nothing inside hazardwatch can change.
 
 ``--minutes M`` is the sustained run instead: one live case M minutes long, an alarm every 2 s,
 the service's resident memory sampled every 10 s (issue 16: 30 minutes at 50,000 readings/s).
+
+The load publishers run at a lower CPU priority (``nice 10``): they stand for the park's gateways,
+which are other machines; at full speed a Python publisher takes a whole core of this one from the
+service, the broker and the database, and the figures then time the publisher.
 
 A trigger whose SMS never arrives is a failure, not a gap in the percentiles. Prints p50 / p99 /
 max per case next to the 500 ms target.
@@ -35,7 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ TARGET_MS = 500.0
 BACKLOG = {"backfill": " + a 3-hour backlog flushed by every gateway on …/backfill",
            "backfill-on-data": " + a 3-hour backlog flushed by every gateway on …/data (before contract v1.2)"}
 CONTACTS = 10  # enterprises with a contact; triggers rotate over them
+BURST_SHIFT_MS = 600_000
 ENTERPRISES, POINTS = 200, 50
 
 
@@ -118,8 +125,33 @@ class SmsStandIn:
         self.server.server_close()
 
 
-def _load(url: str, prefix: str, spec: LoadSpec) -> None:
-    publish(url, prefix, spec)
+def _load(url: str, prefix: str, spec: LoadSpec, until: float = 0.0) -> None:
+    """Publish ``spec``; with ``until`` (a ``time.time()``), again and again until then, each burst ten
+    minutes of readings older than the one before (a backlog that keeps coming for the whole case).
+
+    At a lower CPU priority than the service: the publishers stand for a park's gateways, which are
+    other machines — on this one they would otherwise take the CPU the service, the broker and the
+    database share, and time the publishers, not hazardwatch."""
+    os.nice(10)
+    k = 0
+    while True:
+        publish(url, prefix, replace(spec, t0_ms=spec.t0_ms - k * BURST_SHIFT_MS, seed=spec.seed + k))
+        k += 1
+        if time.time() >= until:
+            return
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _history(db: str, before_ms: int) -> int:
+    """Readings stamped before ``before_ms`` stored so far: the backlog's progress."""
+    with psycopg.connect(db) as c:
+        row = c.execute("SELECT count(*) FROM readings WHERE ts < to_timestamp(%s / 1000.0)", (before_ms,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def latency_site(sms_port: int, triggers: int) -> str:
@@ -183,17 +215,21 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
                 spec = LoadSpec(ENTERPRISES, POINTS, "batch", int(load / POINTS * duration), load / POINTS,
                                 realtime=True)
                 loaders = [ctx.Process(target=_load, args=(mqtt_url, prefix, spec), daemon=True)]
-                if case in ("backfill", "backfill-on-data"):  # every gateway flushing history at once
-                    backlog = LoadSpec(ENTERPRISES, POINTS, "batch", ENTERPRISES * 180, seed=7,
+                old_ms = int(time.time() * 1000) - 3600 * 1000  # history is stamped before this
+                if case in ("backfill", "backfill-on-data"):
+                    # every gateway flushing history at once, burst after burst until the last alarm is out
+                    backlog = LoadSpec(ENTERPRISES, POINTS, "batch", ENTERPRISES * 180, seed=7 + k,
                                        t0_ms=int(time.time() * 1000) - 3 * 3600 * 1000,
                                        topic="backfill" if case == "backfill" else "data")
-                    loaders.append(ctx.Process(target=_load, args=(mqtt_url, prefix, backlog), daemon=True))
+                    until = time.time() + 5 + samples * every
+                    loaders.append(ctx.Process(target=_load, args=(mqtt_url, prefix, backlog, until), daemon=True))
                 for p in loaders:
                     p.start()
                 print(f"case {case}: background load {load:,.0f} readings/s for {duration:.0f} s"
                       f"{BACKLOG.get(case, '')}; "
                       f"{samples} alarms timed …", flush=True)
                 time.sleep(5)  # the load is flowing before the first trigger
+                history0, t_first, cpu0 = _history(db, old_ms), time.perf_counter(), _cpu_s(proc.pid)
                 sent: dict[str, float] = {}
                 for _ in range(samples):
                     e, tag = k % CONTACTS, f"TX-{k // CONTACTS:04d}"
@@ -204,9 +240,22 @@ def run_cases(mqtt_url: str, admin_url: str, load: float, samples: int, cases: l
                                 json.dumps({"value": 60, "ts": int(time.time() * 1000)}), qos=1)
                     k += 1
                     time.sleep(every)
+                window = time.perf_counter() - t_first
+                busy = (_cpu_s(proc.pid) - cpu0) / window
+                if case in BACKLOG:  # the backlog was being stored while the alarms were timed, and how fast
+                    n = _history(db, old_ms) - history0
+                    print(f"  history stored while the alarms were timed: {n:,} readings ({n / window:,.0f}/s); "
+                          f"the service used {busy:.0%} of a core", flush=True)
+                else:
+                    print(f"  the service used {busy:.0%} of a core while the alarms were timed", flush=True)
                 time.sleep(10)  # generous: anything later than this counts as missing
                 for p in loaders:
                     p.join(120)
+                if case in BACKLOG:  # the rest of the backlog is stored before the next case begins
+                    last, now_n = -1, _history(db, old_ms)
+                    while now_n != last:
+                        time.sleep(2)
+                        last, now_n = now_n, _history(db, old_ms)
                 out.append(Case(case, len(sent), [(sms.arrivals[key] - t) * 1000 for key, t in sent.items()
                                                   if key in sms.arrivals]))
                 print("  " + out[-1].line(), flush=True)
