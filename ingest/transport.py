@@ -24,6 +24,11 @@ what the messages mean (that is :mod:`ingest.service`: decode → rules → writ
   it sees acknowledged, so a message is acknowledged only on the connection that delivered it;
   one that came on an earlier connection is committed but not acknowledged, and its resent copy
   (a duplicate by then) is.
+- **Lean PUBLISH handling.** paho builds a message object (with a lock of its own), formats a
+  debug line and matches the topic against per-topic callbacks for every PUBLISH; the session's
+  QoS 0 and 1 PUBLISH packets (MQTT 3.1.1) are parsed here straight into the inbox instead
+  (:meth:`_Client._handle_publish`), and paho's debug lines are skipped unless its logger shows
+  them. QoS 2 (a broker that ignores the subscription's maximum) still goes through paho.
 - **Bounded memory.** Reading pauses while too many messages are received and not yet settled;
   QoS 0 messages, which the broker never holds back for us, are capped in the inbox and the
   excess is dropped and counted.
@@ -67,7 +72,8 @@ MAX_HELD_BYTES = 64 * 1024 * 1024
 QOS0_LIMIT = 20_000  # QoS 0 messages waiting in the inbox; more are dropped and counted
 
 # Fail at import, not at the first connection, if a paho release moves the seams used here.
-assert hasattr(mqtt.Client, "_create_socket") and hasattr(mqtt.Client, "_sock_recv"), "paho-mqtt 2.x required"
+assert all(hasattr(mqtt.Client, a) for a in ("_create_socket", "_sock_recv", "_handle_publish", "_easy_log")), \
+    "paho-mqtt 2.x required"
 
 
 def ssl_context(target: MqttTarget) -> ssl.SSLContext:
@@ -149,6 +155,8 @@ class _Client(mqtt.Client):
     drained: bool = False
     _rbuf: bytes = b""
     _rpos: int = 0
+    # (topic, payload, packet id, QoS) of each QoS 0/1 PUBLISH, instead of paho's on_message
+    on_publish_packet: Callable[[bytes, bytes, int, int], None] | None = None
 
     def _create_socket(self) -> Any:
         sock, self.prepared = self.prepared, None
@@ -172,6 +180,34 @@ class _Client(mqtt.Client):
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        """A PUBLISH packet: QoS 0 and 1 of MQTT 3.1.1 parsed here (fixed header flags, a two-byte topic
+        length, the topic, a packet id for QoS 1, the payload) and handed to :attr:`on_publish_packet`;
+        acknowledged later (``manual_ack``). Anything else, and a packet too short for what it says,
+        is paho's to handle (it answers a malformed packet by dropping the connection)."""
+        handler = self.on_publish_packet
+        command, packet = self._in_packet["command"], self._in_packet["packet"]
+        qos = (command & 0x06) >> 1
+        if handler is None or qos == 2 or self._protocol != mqtt.MQTTv311 or len(packet) < 2:
+            return super()._handle_publish()
+        n = (packet[0] << 8) | packet[1]
+        start = 2 + n + (2 if qos else 0)
+        if len(packet) < start:
+            return super()._handle_publish()
+        mid = (packet[2 + n] << 8) | packet[3 + n] if qos else 0
+        try:
+            handler(bytes(packet[2:2 + n]), bytes(packet[start:]), mid, qos)
+        except Exception:  # as paho does with suppress_exceptions: say so, and the session goes on
+            log.exception("handling a PUBLISH packet failed")
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _easy_log(self, level: mqtt.LogLevel, fmt: str, *args: Any) -> None:
+        """paho's log line, skipped (not formatted) when it is a debug line nobody would see."""
+        if level == mqtt.MQTT_LOG_DEBUG and self.on_log is None \
+                and (self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
+            return
+        super()._easy_log(level, fmt, *args)
 
 
 class MqttTransport:
@@ -300,18 +336,20 @@ class MqttTransport:
 
     # --- paho callbacks (on the event loop) ------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        payload = bytes(msg.payload)  # bytes already (paho decodes PUBLISH into bytes): no copy
-        qos = msg.qos
+        """What paho still delivers itself (QoS 2): as :meth:`_on_publish`."""
+        self._on_publish(msg._topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_publish(self, raw_topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         if qos == 0:
             if self._qos0 >= self.qos0_limit:
                 self.metrics.qos0_dropped.inc()
                 return
             self._qos0 += 1
         try:
-            topic = msg.topic
+            topic = raw_topic.decode("utf-8")
         except UnicodeDecodeError:  # the broker should have refused it: let the decoder reject it
-            topic = msg._topic.decode("utf-8", "replace")
-        self.inbox.append((topic, payload, msg.mid, qos, self._now_us(), self.session))
+            topic = raw_topic.decode("utf-8", "replace")
+        self.inbox.append((topic, payload, mid, qos, self._now_us(), self.session))
         self._held += 1
         self._held_bytes += len(payload)
         if self._held >= self.max_held or self._held_bytes >= self.max_held_bytes:
@@ -424,6 +462,7 @@ class MqttTransport:
         if t.username:
             client.username_pw_set(t.username, t.password.get_secret_value() if t.password else None)
         client.on_message = self._on_message
+        client.on_publish_packet = self._on_publish
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -146,3 +146,56 @@ def test_reading_pauses_while_too_much_is_unsettled_and_loses_nothing(mqtt_url: 
                 await task
 
     asyncio.run(go())
+
+
+def test_every_publish_reaches_the_inbox_as_sent_and_is_acknowledged_once_settled(mqtt_url: str,
+                                                                                    topic_prefix: str) -> None:
+    """The transport parses PUBLISH packets itself (not through paho's message objects): topics with
+    Chinese characters, empty, binary and 200 KiB payloads (spanning several reads), QoS 0 and 1 —
+    each arrives with its own topic, bytes and QoS; QoS 1 ones carry the broker's packet id, and once
+    settled the broker holds none of them for a reconnect."""
+    topic = f"{topic_prefix}/企业E1/point/位号-1"
+    sent = [(topic, b"", 1), (topic, bytes(range(256)) * 4, 1), (topic, b"\x30\x02ab" * 10, 0),
+            (f"{topic_prefix}/E2/data", b"x" * 200_000, 1), (topic, b"42", 0), (topic, "氯气".encode(), 1)]
+
+    async def go() -> None:
+        t, _metrics = _transport(mqtt_url, topic=f"{topic_prefix}/#")
+        task = asyncio.create_task(t.run())
+        try:
+            await asyncio.wait_for(t.subscribed.wait(), 20)
+            pub = Publisher(mqtt_url)
+            try:
+                for tp, payload, qos in sent:
+                    pub.client.publish(tp, payload, qos=qos).wait_for_publish(10)
+            finally:
+                pub.close()
+            await until(lambda: len(t.inbox) == len(sent), what="every message")
+            got = list(t.inbox)
+            assert [(m[0], m[1], m[3]) for m in got] == sent
+            mids = [m[2] for m in got if m[3] == 1]
+            assert len(set(mids)) == 4 and all(0 < mid < 65536 for mid in mids)
+            assert all(m[2] == 0 for m in got if m[3] == 0)
+            assert t.settle(t.take(len(sent))) == 4  # the QoS 1 ones
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # settled means acknowledged: the session, resumed, has nothing left to redeliver
+        t2, _ = _transport(mqtt_url, topic=f"{topic_prefix}/#")
+        t2.client_id = t.client_id
+        task = asyncio.create_task(t2.run())
+        try:
+            await asyncio.wait_for(t2.subscribed.wait(), 20)
+            pub = Publisher(mqtt_url)
+            try:
+                pub.client.publish(f"{topic_prefix}/E1/point/end", b"end", qos=1).wait_for_publish(10)
+            finally:
+                pub.close()
+            await until(lambda: any(m[1] == b"end" for m in t2.inbox), what="the marker")
+            assert [m[1] for m in t2.inbox] == [b"end"], "nothing redelivered: every QoS 1 message was acknowledged"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
