@@ -268,3 +268,43 @@ def test_openapi_open_by_default_on_loopback(make_database, mqtt_url: str, topic
                     assert op.get("summary") and op.get("description"), f"{method} {path}: summary and description"
 
     asyncio.run(go())
+
+
+def test_metrics_are_written_off_the_event_loop_and_can_be_limited_by_name(  # type: ignore[no-untyped-def]
+        make_database, mqtt_url: str, topic_prefix: str, stand_ins: StandIns) -> None:
+    """A scrape does not hold the event loop (at national scale writing the text takes a tenth of a
+    second): while a collector is still being read, the service answers other requests. ``name[]``
+    limits the answer to the metrics named."""
+    import threading
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    db = make_database("postgres", "hwweb")
+    entered, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    class Slow:
+        def collect(self):  # type: ignore[no-untyped-def]
+            entered.set()
+            released.append(release.wait(20))  # a scrape still being written
+            yield GaugeMetricFamily("hw_test_slow", "a collector that takes its time", value=1)
+
+    async def go() -> None:
+        async with running_service(stand_ins.site, db, mqtt_url, topic_prefix, FakeClock(T0)) as (h, client):
+            limited = await client.get("/metrics", params={"name[]": "hazardwatch_ingest_readings_stored_total"})
+            assert limited.status_code == 200
+            names = {x.split()[0].split("{")[0] for x in limited.text.splitlines() if x and not x.startswith("#")}
+            assert names == {"hazardwatch_ingest_readings_stored_total"}
+            h.registry.register(Slow())  # type: ignore[no-untyped-call]
+            try:
+                scrape = asyncio.create_task(client.get("/metrics"))
+                assert await asyncio.to_thread(entered.wait, 20)
+                assert (await client.get("/healthz")).status_code == 200  # answered while the scrape waits
+                release.set()
+                m = await scrape
+                assert m.status_code == 200 and "hw_test_slow 1.0" in m.text
+                assert released == [True], "the collector was released by the test, not by its own timeout"
+            finally:
+                release.set()
+
+    asyncio.run(go())
