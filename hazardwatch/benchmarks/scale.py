@@ -50,7 +50,9 @@ def _rss_mb(pid: int) -> float:
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    """One metric, asked for by name: the whole text (thousands of per-enterprise series at 440,000
+    sensors) written 50 times a second would take the service's CPU and time the scraper."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?name[]={name}", timeout=10) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
