@@ -147,14 +147,21 @@ async def load_open(conn: AsyncConnection) -> list[Alarm]:
     return out
 
 
+# One rules_state row holds at most this much of a blob. libpq grows a connection's output buffer to
+# the largest message it has sent and keeps it while the connection lives: a snapshot of megabytes in
+# one parameter left every connection of the pool holding that much, one more each minute (issue 16).
+PART_BYTES = 128 * 1024
+
+
 async def save_state(conn: AsyncConnection, blobs: dict[str, bytes], now: datetime) -> None:
-    """Keep the rule stage's learned state (one row per part, replaced)."""
+    """Keep the rule stage's learned state, each part replaced: a blob in rows of at most ``PART_BYTES``
+    (``name``, then ``name/1``, ``name/2`` …), so no statement is larger than that. Run it inside
+    a transaction: the old rows of a part go before the new ones come."""
+    rows = [(name if i == 0 else f"{name}/{i}", now, blob[at:at + PART_BYTES])
+            for name, blob in blobs.items() for i, at in enumerate(range(0, max(1, len(blob)), PART_BYTES))]
     async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO rules_state (name, saved_at, data) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET saved_at = excluded.saved_at, data = excluded.data",
-            [(name, now, blob) for name, blob in blobs.items()],
-        )
+        await cur.execute("DELETE FROM rules_state WHERE split_part(name, '/', 1) = ANY(%s)", (list(blobs),))
+        await cur.executemany("INSERT INTO rules_state (name, saved_at, data) VALUES (%s, %s, %s)", rows)
 
 
 async def save_clocks(conn: AsyncConnection, clocks: Sequence[GatewayClock]) -> None:
@@ -169,5 +176,10 @@ async def save_clocks(conn: AsyncConnection, clocks: Sequence[GatewayClock]) -> 
 
 
 async def load_state(conn: AsyncConnection) -> dict[str, bytes]:
+    """The learned state as ``save_state`` kept it, each blob whole again (one row per blob before parts)."""
     cur = await conn.execute("SELECT name, data FROM rules_state")
-    return {r[0]: bytes(r[1]) for r in await cur.fetchall()}
+    parts: dict[str, dict[int, bytes]] = {}
+    for name, data in await cur.fetchall():
+        base, _, k = name.partition("/")
+        parts.setdefault(base, {})[int(k or 0)] = bytes(data)
+    return {name: b"".join(p[k] for k in sorted(p)) for name, p in parts.items()}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -19,6 +23,7 @@ from park.site import EnterpriseState
 from park.sitefile import parse_site
 from park.types import AlarmEvent, AlarmEventKind, GatewayStatus, ReadingBatch
 from rules.service import RulesService
+from rules.store import PART_BYTES, load_state, save_state
 from tests.ingest_helpers import Publisher, settings_for
 from tests.rules_helpers import SITE, T0
 
@@ -339,3 +344,63 @@ def test_a_burst_of_thousands_of_stale_alarms_is_stored_in_a_few_statements_and_
             assert (await cur.fetchone())[0] == len(stale)  # type: ignore[index]
 
     asyncio.run(go())
+
+
+def _malloc_held() -> int:
+    """Bytes this process holds from malloc now (glibc's heap in use plus its mmapped chunks)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        pytest.skip("needs glibc ≥ 2.33 (mallinfo2) to see what malloc holds")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2.restype = MallInfo2
+    m = mallinfo2()
+    return int(m.uordblks + m.hblkhd)
+
+
+def test_the_learned_state_is_kept_in_small_rows_and_comes_back_whole(db_url: str) -> None:
+    # a snapshot of megabytes in one row made libpq keep a buffer that large on every pool connection
+    big, small = os.urandom(3 * PART_BYTES + 5), b"\x93NUMPY"
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await migrate(conn)
+            async with conn.transaction():
+                await save_state(conn, {"trend": big, "engine": small, "empty": b""}, T0)
+            cur = await conn.execute("SELECT count(*), max(octet_length(data)) FROM rules_state")
+            assert await cur.fetchone() == (6, PART_BYTES)  # trend in four rows, engine and empty in one each
+            assert await load_state(conn) == {"trend": big, "engine": small, "empty": b""}
+            async with conn.transaction():  # a smaller snapshot leaves no part of the larger one behind
+                await save_state(conn, {"trend": small}, T0 + timedelta(minutes=1))
+            assert await load_state(conn) == {"trend": small, "engine": small, "empty": b""}
+
+    asyncio.run(go())
+
+
+def test_snapshots_saved_on_many_connections_leave_no_snapshot_sized_buffer_on_each(db_url: str) -> None:
+    blob = os.urandom(8 * 2**20)  # a large park's learned state
+
+    async def go() -> int:
+        # four connections kept open, as a pool keeps them, each saving one minute's snapshot
+        conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(4)]
+        try:
+            await migrate(conns[0])
+            for c in conns:
+                await c.execute("SELECT 1")
+            gc.collect()
+            before = _malloc_held()
+            for k, c in enumerate(conns):
+                async with c.transaction():
+                    await save_state(c, {"trend": blob}, T0 + timedelta(minutes=k))
+            gc.collect()
+            return _malloc_held() - before
+        finally:
+            for c in conns:
+                await c.close()
+
+    held = asyncio.run(go())
+    assert held < 8 * 2**20, f"{held / 2**20:.0f} MiB still held after four snapshots of 8 MiB"
