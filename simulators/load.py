@@ -56,9 +56,11 @@ def tag(j: int) -> str:
     return f"AT-{j:04d}"
 
 
-def site_yaml(enterprises: int, points: int, name: str = "负载测试园区", toxic: int = 0) -> str:
+def site_yaml(enterprises: int, points: int, name: str = "负载测试园区", toxic: int = 0,
+              toxic_enterprises: int | None = None) -> str:
     """A valid site file with the load's sensors (combustible gas: standard limits, no config), and
-    ``toxic`` H2S detectors per enterprise (tags ``TX-0000`` …) for alarms that must go out at once."""
+    ``toxic`` H2S detectors (tags ``TX-0000`` …) for alarms that must go out at once, on each of the
+    first ``toxic_enterprises`` enterprises (default: every one)."""
     lines = [f"site: {{name: {name}}}", "districts:", "  - code: LD", "    name: 负载区", "    towns:"]
     per_town = 250
     for t in range((enterprises + per_town - 1) // per_town):
@@ -68,7 +70,7 @@ def site_yaml(enterprises: int, points: int, name: str = "负载测试园区", t
                       "            sensors:"]
             lines += [f"              - {{tag: {tag(j)}, kind: gas_combustible}}" for j in range(points)]
             lines += [f"              - {{tag: TX-{j:04d}, kind: gas_toxic, gas: H2S, unit: mg/m3}}"
-                      for j in range(toxic)]
+                      for j in range(toxic if toxic_enterprises is None or i < toxic_enterprises else 0)]
     return "\n".join(lines) + "\n"
 
 
