@@ -197,7 +197,9 @@ class _Client(mqtt.Client):
             return super()._handle_publish()
         mid = (packet[2 + n] << 8) | packet[3 + n] if qos else 0
         try:
-            handler(bytes(packet[2:2 + n]), bytes(packet[start:]), mid, qos)
+            with memoryview(packet) as view:  # paho's bytearray: one copy of the payload, not two
+                topic, payload = bytes(view[2:2 + n]), bytes(view[start:])
+            handler(topic, payload, mid, qos)
         except Exception:  # as paho does with suppress_exceptions: say so, and the session goes on
             log.exception("handling a PUBLISH packet failed")
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
