@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 
 from alerting.outbox import Claimed
-from alerting.service import AlertingService
+from alerting.service import IN_FLIGHT, AlertingService
 from hazardwatch.cli import main
 
 PHONE = os.environ.get("HW_TEST_FREEZE_PHONE", "")
@@ -20,8 +20,8 @@ _real_claim = AlertingService.claim
 _frozen: list[str] = []
 
 
-async def claim(self: AlertingService, now: datetime) -> list[Claimed]:
-    got = await _real_claim(self, now)
+async def claim(self: AlertingService, now: datetime, limit: int = IN_FLIGHT) -> list[Claimed]:
+    got = await _real_claim(self, now, limit)
     if PHONE and not _frozen and any(c.payload.get("address") == PHONE for c in got):
         _frozen.extend(c.key for c in got)
         print(f"freeze hook: stopping with {', '.join(_frozen)} claimed", file=sys.stderr, flush=True)
