@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from hazardwatch.benchmarks.ingest import _end_session, _session, scratch_database
-from hazardwatch.benchmarks.latency import CONTACTS, SmsStandIn
+from hazardwatch.benchmarks.latency import CONTACTS, SmsStandIn, _cpu_s, _rss_mb
 from simulators.load import LoadSpec, live_stamps, publish_in_process, recent_t0_ms, site_yaml
 
 SIZES = (1_000, 10_000, 100_000, 440_000)
@@ -42,11 +42,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
 
 
 def _metric(port: int, name: str) -> float:
@@ -77,8 +72,7 @@ class Service:
                 raise RuntimeError(line + self.proc.stdout.read()[-3000:])
         took = time.perf_counter() - t0
         # CPU seconds the process used to start: on a shared, loaded machine the steadier figure
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        self.cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        self.cpu = _cpu_s(self.proc.pid)
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
         return took
 

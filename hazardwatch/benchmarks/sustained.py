@@ -41,8 +41,8 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from hazardwatch.benchmarks.ingest import _end_session, scratch_database
-from hazardwatch.benchmarks.latency import CONTACTS, ENTERPRISES, POINTS, TARGET_MS, SmsStandIn, latency_site
-from hazardwatch.benchmarks.scale import _free_port, _metric, _rss_mb
+from hazardwatch.benchmarks.latency import CONTACTS, ENTERPRISES, POINTS, TARGET_MS, SmsStandIn, _rss_mb, latency_site
+from hazardwatch.benchmarks.scale import _free_port, _metric
 from simulators.load import LoadSpec, publish
 
 EVERY = 2.0  # seconds between timed alarms
