@@ -158,7 +158,9 @@ class Lifecycle:
         self.alarms: dict[str, Alarm] = {}  # open alarms by key
         self.by_id: dict[int, Alarm] = {}  # open alarms by row id (closed ones leave)
         self.held: dict[str, Signal] = {}  # conditions present while suppressed, raised when it ends
-        self.chatter: dict[str, deque[int]] = {}  # raise times (event time, µs) per key
+        # raise times (event time, µs) per key: a list, not a deque — one per alarm key, mostly one or two
+        # entries (a deque is 760 bytes even with one)
+        self.chatter: dict[str, list[int]] = {}
         self.flood_hist: dict[str, deque[int]] = {}  # raise times (hazardwatch time, µs) per scope
         self.flooding: set[str] = set()
         self.out: list[Transition] = []
@@ -224,10 +226,12 @@ class Lifecycle:
 
     def _note_raise(self, a: Alarm, ts_us: int) -> None:
         window = int(self.cfg.chatter_window.total_seconds() * 1e6)
-        hist = self.chatter.setdefault(a.key, deque())
+        hist = self.chatter.setdefault(a.key, [])
         hist.append(ts_us)
-        while hist and ts_us - hist[0] > window:
-            hist.popleft()
+        old = 0
+        while old < len(hist) and ts_us - hist[old] > window:
+            old += 1
+        del hist[:old]
         noticed = self.noticed or from_epoch_us(ts_us)
         if len(hist) >= self.cfg.chatter_count and not a.chattering:
             a.chattering = True
@@ -420,7 +424,7 @@ class Lifecycle:
     def restore_snapshot(self, snap: dict[str, Any]) -> None:
         pos = 0
         for k, n in zip(snap["chatter_keys"], snap["chatter_n"], strict=True):
-            self.chatter[str(k)] = deque(int(t) for t in snap["chatter_ts"][pos:pos + int(n)])
+            self.chatter[str(k)] = [int(t) for t in snap["chatter_ts"][pos:pos + int(n)]]
             pos += int(n)
         pos = 0
         for s, n in zip(snap["flood_scopes"], snap["flood_n"], strict=True):

@@ -92,6 +92,7 @@ class SmsStandIn:
     def __init__(self) -> None:
         self.pending: dict[str, tuple[str, str]] = {}  # key -> (phone, tag)
         self.arrivals: dict[str, float] = {}
+        self.texts: dict[str, str] = {}  # key -> the first message's text (its acknowledgement link)
         lock = threading.Lock()
         outer = self
 
@@ -106,6 +107,7 @@ class SmsStandIn:
                     for key, (phone, tag) in list(outer.pending.items()):
                         if body.get("phone") == phone and tag in body.get("text", ""):
                             outer.arrivals.setdefault(key, t)
+                            outer.texts.setdefault(key, str(body.get("text", "")))
                             del outer.pending[key]
                 self.send_response(200)
                 self.send_header("Content-Length", "2")

@@ -9,7 +9,12 @@ leaks, overfills, runaway temperatures, a gateway dropping off, chattering …).
 - the background load: 50-point gateway batches at ``--load`` readings/s, stamped at publish time;
 - the simulator (``simulators.publish.simulate``) at real time, a scenario every ``--scenario-every``;
 - every 2 s a reading over a toxic second level (red) on a fresh detector, timed from publish to
-  the first SMS request naming it at a local SMS gateway.
+  the first SMS request naming it at a local SMS gateway. As a real leak would, it then ends: from
+  ``--clear-after`` seconds later the detector reads 0 (every 2 s for 30 s), and the enterprise's
+  safety officer acknowledges with the link in the SMS ``--ack-after`` seconds after it arrived (a
+  POST to the service's ``/ack/{token}``, as the phone's browser sends it): the alarm goes through
+  its whole life — raised, told, cleared, acknowledged, closed. ``--ack-after 0`` leaves every timed alarm open and
+  unacknowledged (each then escalates and stays in memory, by design: ≈ 3 KB an alarm).
 
 Every 10 s it samples the service's resident memory and ``hazardwatch_ingest_lag_seconds`` (now
 minus the newest reading of the last batch decoded). At the end it prints memory growth (second
@@ -26,11 +31,13 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -90,8 +97,39 @@ def _load(url: str, prefix: str, spec: LoadSpec) -> None:
     publish(url, prefix, spec)
 
 
+class DutyRoom:
+    """Acknowledges each timed alarm with the link of its first SMS, ``after`` seconds after it arrived."""
+
+    def __init__(self, sms: SmsStandIn, after: float) -> None:
+        self.sms, self.after = sms, after
+        self.acked: set[str] = set()
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if after > 0:
+            self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            now = time.perf_counter()
+            for key, t in list(self.sms.arrivals.items()):
+                if key in self.acked or now - t < self.after:
+                    continue
+                self.acked.add(key)
+                m = re.search(r"https?://\S+/ack/[\w.~-]+", self.sms.texts.get(key, ""))
+                if m is None:
+                    self.failed.append(f"{key}: no acknowledgement link in its SMS")
+                    continue
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(m.group(0), data=b"", method="POST"),
+                                                timeout=30) as r:
+                        r.read()
+                except OSError as e:
+                    self.failed.append(f"{key}: {e}")
+
+
 def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: float,
-        service_log: str = "sustained-service.log") -> int:
+        service_log: str = "sustained-service.log", clear_after: float = 10.0, ack_after: float = 30.0) -> int:
     seconds = minutes * 60
     triggers = int(seconds / EVERY)
     sms = SmsStandIn()
@@ -146,13 +184,18 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
 
             threading.Thread(target=sample, daemon=True).start()
             print(f"sustained run: {minutes:g} min, background {load:,.0f} readings/s, simulator scenarios every "
-                  f"{scenario_every:.0f} s, a timed red alarm every {EVERY:.0f} s", flush=True)
+                  f"{scenario_every:.0f} s, a timed red alarm every {EVERY:.0f} s"
+                  + (f", its detector back to 0 after {clear_after:g} s and the alarm acknowledged by its SMS link "
+                     f"{ack_after:g} s after the SMS" if ack_after > 0 else ", left open and unacknowledged"),
+                  flush=True)
+            duty = DutyRoom(sms, ack_after)
             u = urlsplit(mqtt_url)
             pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sus-pub-{uuid.uuid4().hex[:6]}")
             pub.connect(u.hostname or "127.0.0.1", u.port or 1883)
             pub.loop_start()
             time.sleep(5)  # the load is flowing before the first trigger
             sent: dict[str, float] = {}
+            lag_k = int(clear_after / EVERY)
             for k in range(triggers):
                 e, tag = k % CONTACTS, f"TX-{k // CONTACTS:04d}"
                 key = f"L{e:05d}/{tag}"
@@ -160,6 +203,10 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                 sent[key] = time.perf_counter()
                 pub.publish(f"{prefix}/L{e:05d}/point/{tag}", json.dumps({"value": 60, "ts": int(time.time() * 1000)}),
                             qos=1)
+                # leaks that ended: their detectors read 0, every 2 s for 30 s (past the rule's off-delay)
+                for j in range(max(0, k - lag_k - int(30 / EVERY)), k - lag_k + 1) if ack_after > 0 else ():
+                    pub.publish(f"{prefix}/L{j % CONTACTS:05d}/point/TX-{j // CONTACTS:04d}",
+                                json.dumps({"value": 0, "ts": int(time.time() * 1000)}), qos=1)
                 next_at = t0 + 5 + (k + 1) * EVERY
                 time.sleep(max(0.0, next_at - time.perf_counter()))
                 if k and k % int(60 / EVERY) == 0 and samples:
@@ -168,6 +215,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                           f"{len(sms.arrivals)}/{len(sent)} timed alarms notified", flush=True)
             last_trigger = time.time()
             time.sleep(WAIT_AFTER)
+            duty.stop.set()
             pub.loop_stop()
             pub.disconnect()
             stop.set()
@@ -182,6 +230,8 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                     "               OR o.status = 'folded' AND EXISTS (SELECT 1 FROM outbox f WHERE f.unit_code ="
                     "                  o.unit_code AND f.step LIKE 'flood-%%' AND f.status = 'sent')))"
                     "  FROM alarms a WHERE a.raised_at < to_timestamp(%s)", (last_trigger,)).fetchall()
+                still_open = c.execute("SELECT state, count(*) FROM alarms WHERE state <> 'closed' GROUP BY state"
+                                       " ORDER BY state").fetchall()
             for p in workers:
                 p.terminate()
                 p.join(30)
@@ -231,6 +281,11 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
         print(f"simulator: {len(incidents)} incidents ({', '.join(i['scenario'] for i in incidents) or 'none'}); "
               f"alarms in the demo park: {told or 'none'} (told: an SMS for it, or a flood summary holding it, "
               "sent by the end of the run)")
+        if ack_after > 0:
+            print(f"duty room: {len(duty.acked) - len(duty.failed)} timed alarms acknowledged by their SMS link"
+                  + (f", ✗ {len(duty.failed)} failed (first: {duty.failed[0]})" if duty.failed else ""))
+            ok &= not duty.failed
+        print("alarms open at the end: " + (", ".join(f"{n} {st}" for st, n in still_open) or "none"))
         print(f"readings stored: {stored:,} ({stored / seconds:,.0f}/s over the run)")
     finally:
         sms.close()
@@ -247,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-log", default="sustained-service.log",
                     help="where the service's own log is written (to read after the run)")
     ap.add_argument("--scenario-every", type=float, default=120.0, help="seconds between simulator scenarios")
+    ap.add_argument("--clear-after", type=float, default=10.0,
+                    help="seconds after a timed alarm's red reading that its detector reads 0 again")
+    ap.add_argument("--ack-after", type=float, default=30.0,
+                    help="seconds after its SMS that a timed alarm is acknowledged by its link (0: never, and its "
+                         "detector stays red)")
     a = ap.parse_args(argv)
-    return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log)
+    return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log, a.clear_after,
+               a.ack_after)
 
 
 if __name__ == "__main__":
