@@ -44,6 +44,7 @@ from hazardwatch.leadership import (
     is_fenced,
 )
 from hazardwatch.loopwatch import LoopWatch
+from hazardwatch.memtrim import MemoryTrim
 from hazardwatch.watchdog import HaMetrics, Heartbeat, HeartbeatConfig, SystemdNotifier
 from ingest.service import IngestService
 from park import redact
@@ -374,6 +375,7 @@ async def _run(settings: Settings, site: Site, clock: Clock, registry: Collector
                 tg.create_task(supervise("watchdog", heartbeat.run, health), name="watchdog")
                 tg.create_task(supervise("loop-watch", LoopWatch(registry).run, health), name="loop-watch")
                 tg.create_task(supervise("syncrep-guard", guard.run, health), name="syncrep-guard")
+                tg.create_task(supervise("memory-trim", MemoryTrim().run, health), name="memory-trim")
                 tg.create_task(serve_http(app, settings.http_host, settings.http_port), name="http")
         finally:
             journal.close()

@@ -9,12 +9,13 @@ leaks, overfills, runaway temperatures, a gateway dropping off, chattering …).
 - the background load: 50-point gateway batches at ``--load`` readings/s, stamped at publish time;
 - the simulator (``simulators.publish.simulate``) at real time, a scenario every ``--scenario-every``;
 - every 2 s a reading over a toxic second level (red) on a fresh detector, timed from publish to
-  the first SMS request naming it at a local SMS gateway. As a real leak would, it then ends: from
-  ``--clear-after`` seconds later the detector reads 0 (every 2 s for 30 s), and the enterprise's
-  safety officer acknowledges with the link in the SMS ``--ack-after`` seconds after it arrived (a
-  POST to the service's ``/ack/{token}``, as the phone's browser sends it): the alarm goes through
-  its whole life — raised, told, cleared, acknowledged, closed. ``--ack-after 0`` leaves every timed alarm open and
-  unacknowledged (each then escalates and stays in memory, by design: ≈ 3 KB an alarm).
+  the first SMS request naming it at a local SMS gateway. The toxic detectors report every 10 s (0,
+  a batch per enterprise), as real ones do; a leak lasts ``--clear-after`` seconds (the detector
+  reports 60 meanwhile), and the enterprise's safety officer acknowledges with the link in the SMS
+  ``--ack-after`` seconds after it arrived (a POST to the service's ``/ack/{token}``, as the phone's
+  browser sends it): the alarm goes through its whole life — raised, told, cleared, acknowledged,
+  closed. ``--ack-after 0`` leaves every timed alarm unacknowledged (each then escalates and stays
+  in memory, by design, until someone does).
 
 Every 10 s it samples the service's resident memory and ``hazardwatch_ingest_lag_seconds`` (now
 minus the newest reading of the last batch decoded). At the end it prints memory growth (second
@@ -56,6 +57,7 @@ EVERY = 2.0  # seconds between timed alarms
 SAMPLE = 10.0  # seconds between memory and lag samples
 GROWTH_BAR = 0.05
 WAIT_AFTER = 15.0  # seconds a timed alarm may take before it counts as missing
+DETECTORS_EVERY = 10.0  # seconds between the toxic detectors' reports (a batch per enterprise)
 
 
 def sustained_site(sms_port: int, triggers: int) -> str:
@@ -186,7 +188,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
             print(f"sustained run: {minutes:g} min, background {load:,.0f} readings/s, simulator scenarios every "
                   f"{scenario_every:.0f} s, a timed red alarm every {EVERY:.0f} s"
                   + (f", its detector back to 0 after {clear_after:g} s and the alarm acknowledged by its SMS link "
-                     f"{ack_after:g} s after the SMS" if ack_after > 0 else ", left open and unacknowledged"),
+                     f"{ack_after:g} s after the SMS" if ack_after > 0 else ", never acknowledged"),
                   flush=True)
             duty = DutyRoom(sms, ack_after)
             u = urlsplit(mqtt_url)
@@ -196,6 +198,7 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
             time.sleep(5)  # the load is flowing before the first trigger
             sent: dict[str, float] = {}
             lag_k = int(clear_after / EVERY)
+            per_ent = (triggers + CONTACTS - 1) // CONTACTS
             for k in range(triggers):
                 e, tag = k % CONTACTS, f"TX-{k // CONTACTS:04d}"
                 key = f"L{e:05d}/{tag}"
@@ -203,10 +206,12 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                 sent[key] = time.perf_counter()
                 pub.publish(f"{prefix}/L{e:05d}/point/{tag}", json.dumps({"value": 60, "ts": int(time.time() * 1000)}),
                             qos=1)
-                # leaks that ended: their detectors read 0, every 2 s for 30 s (past the rule's off-delay)
-                for j in range(max(0, k - lag_k - int(30 / EVERY)), k - lag_k + 1) if ack_after > 0 else ():
-                    pub.publish(f"{prefix}/L{j % CONTACTS:05d}/point/TX-{j // CONTACTS:04d}",
-                                json.dumps({"value": 0, "ts": int(time.time() * 1000)}), qos=1)
+                if k % int(DETECTORS_EVERY / EVERY) == 0:  # every toxic detector reports, the leaking ones 60
+                    leaking = {(j % CONTACTS, j // CONTACTS) for j in range(max(0, k - lag_k), k + 1)}
+                    ts_ms = int(time.time() * 1000)
+                    for e in range(CONTACTS):
+                        pts = [{"tag": f"TX-{t:04d}", "value": 60 if (e, t) in leaking else 0} for t in range(per_ent)]
+                        pub.publish(f"{prefix}/L{e:05d}/data", json.dumps({"ts": ts_ms, "points": pts}), qos=1)
                 next_at = t0 + 5 + (k + 1) * EVERY
                 time.sleep(max(0.0, next_at - time.perf_counter()))
                 if k and k % int(60 / EVERY) == 0 and samples:
@@ -305,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clear-after", type=float, default=10.0,
                     help="seconds after a timed alarm's red reading that its detector reads 0 again")
     ap.add_argument("--ack-after", type=float, default=30.0,
-                    help="seconds after its SMS that a timed alarm is acknowledged by its link (0: never, and its "
-                         "detector stays red)")
+                    help="seconds after its SMS that a timed alarm is acknowledged by its link (0: never)")
     a = ap.parse_args(argv)
     return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log, a.clear_after,
                a.ack_after)

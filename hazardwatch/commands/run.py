@@ -44,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"✗ --start-timeout: {e}", file=sys.stderr)
         return 1
+    from hazardwatch.memtrim import tune_allocator
     from hazardwatch.preflight import preflight
     from hazardwatch.service import run_service
+
+    tune_allocator()  # before any thread: a burst's buffers go back to the system once freed (memtrim)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,76 @@
+"""Freed memory given back to the system once a minute (glibc's ``malloc_trim``).
+
+A long-running service frees most of what a burst allocated — a backlog drained, a large query's
+rows, a scrape of ``/metrics`` written in a worker thread — but glibc keeps freed pages inside its
+heaps and its per-thread arenas: resident memory steps up with each burst and does not come down,
+and a memory bar ("flat over 30 minutes") measures bursts long past, not what is held.
+``malloc_trim(0)`` hands every whole free page of every arena back (``madvise``); it takes a few
+milliseconds, so it runs in a worker thread. Where the C library has no ``malloc_trim`` (musl,
+macOS) nothing is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("hazardwatch.memtrim")
+
+EVERY_S = 60.0
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # mallopt parameters (malloc.h)
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+    """At start-up, before threads: at most ``arenas`` malloc arenas (glibc makes up to 8 per core,
+    one per thread that allocates: the ingest writers' threads each kept their own high-water mark),
+    and blocks above ``mmap_threshold`` always mapped on their own and unmapped when freed (glibc
+    otherwise raises the threshold after the first such free, and a burst's large buffers then stay
+    in the heaps). Whether the C library took it."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
+class MemoryTrim:
+    """``trim()`` once; ``run()`` every ``every_s`` seconds (a supervised task of the service)."""
+
+    def __init__(self, every_s: float = EVERY_S) -> None:
+        self.every_s = every_s
+        self._fn = _libc_trim()
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        return self._fn is not None
+
+    def trim(self) -> bool:
+        """Give free pages back; whether any were (False where the C library cannot)."""
+        if self._fn is None:
+            return False
+        self.trims += 1
+        return bool(self._fn(0))
+
+    async def run(self) -> None:
+        if self._fn is None:
+            log.info("malloc_trim is not in this C library: freed memory stays with the allocator")
+            return
+        while True:
+            await asyncio.sleep(self.every_s)
+            await asyncio.to_thread(self.trim)
