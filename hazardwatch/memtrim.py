@@ -20,7 +20,7 @@ from collections.abc import Callable
 log = logging.getLogger("hazardwatch.memtrim")
 
 EVERY_S = 60.0
-M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # mallopt parameters (malloc.h)
+M_ARENA_MAX = -8  # a mallopt parameter (malloc.h)
 
 
 def _libc_trim() -> Callable[[int], int] | None:
@@ -33,19 +33,20 @@ def _libc_trim() -> Callable[[int], int] | None:
     return fn
 
 
-def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
-    """At start-up, before threads: at most ``arenas`` malloc arenas (glibc makes up to 8 per core,
-    one per thread that allocates: the ingest writers' threads each kept their own high-water mark),
-    and blocks above ``mmap_threshold`` always mapped on their own and unmapped when freed (glibc
-    otherwise raises the threshold after the first such free, and a burst's large buffers then stay
-    in the heaps). Whether the C library took it."""
+def tune_allocator(arenas: int = 2) -> bool:
+    """At start-up, before threads: at most ``arenas`` malloc arenas. glibc makes up to 8 per core,
+    one for each thread that allocates, and each keeps its own high-water mark: the ingest writers'
+    worker threads (COPY payloads) each held a burst's worth. Whether the C library took it.
+
+    The mmap threshold is left dynamic: fixed at its 128 KiB start, every numpy temporary of a large
+    registry was a fresh mapping (page faults on every batch: restart at 440,000 sensors 15 → 31 s)."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 class MemoryTrim:

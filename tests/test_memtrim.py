@@ -47,8 +47,8 @@ def test_memory_a_burst_freed_is_given_back_to_the_system_by_the_trim() -> None:
     assert before - after < 5, f"resident {before:.0f} MB → {after:.0f} MB without a trim"
 
 
-TUNED = textwrap.dedent("""
-    import sys
+THREADS = textwrap.dedent("""
+    import sys, threading
     from hazardwatch.memtrim import tune_allocator
 
     def rss_mb():
@@ -56,27 +56,38 @@ TUNED = textwrap.dedent("""
             return int(next(x for x in f if x.startswith("VmRSS")).split()[1]) / 1024
 
     tuned = tune_allocator() if sys.argv[1] == "tune" else False
-    del bytearray(4 << 20)[:]  # a 4 MiB buffer freed: glibc untuned raises its mmap threshold past it
-    # a burst of large buffers (as a COPY payload of a backlog's batch), a small block kept after each
-    burst, kept = [], []
-    for _ in range(100):
-        burst.append(bytearray(600 * 1024))
-        kept.append(bytes(2048))
-    before = rss_mb()
-    del burst
-    print(before, rss_mb(), tuned)
+    kept = []
+    turns = [threading.Event() for _ in range(7)]
+    done = threading.Event()
+
+    def worker(i):  # six writer threads alive together, each with a burst of its own in turn
+        turns[i].wait()
+        burst = [bytes(2048) for _ in range(8_000)]  # 16 MB from the C heap
+        kept.append(bytes(2048))  # allocated after the burst: its arena cannot shrink from the top
+        del burst
+        turns[i + 1].set()
+        done.wait()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    base = rss_mb()
+    turns[0].set()
+    turns[6].wait()
+    print(rss_mb() - base, tuned)
+    done.set()
 """)
 
 
 @pytest.mark.skipif(not MemoryTrim().available, reason="not glibc")
-def test_memory_large_buffers_of_a_burst_go_back_when_freed_with_the_allocator_tuned() -> None:
-    def run(mode: str) -> tuple[float, float, bool]:
-        out = subprocess.run([sys.executable, "-c", TUNED, mode], capture_output=True, text=True, check=True).stdout
-        before, after, tuned = out.split()
-        return float(before), float(after), tuned == "True"
+def test_memory_writer_threads_share_two_arenas_so_their_bursts_reuse_one_high_water_mark() -> None:
+    def run(mode: str) -> tuple[float, bool]:
+        out = subprocess.run([sys.executable, "-c", THREADS, mode], capture_output=True, text=True, check=True).stdout
+        grown, tuned = out.split()
+        return float(grown), tuned == "True"
 
-    before, after, tuned = run("tune")
+    grown, tuned = run("tune")
     assert tuned
-    assert before - after > 45, f"resident {before:.0f} MB → {after:.0f} MB once the burst was freed"
-    before, after, _ = run("none")  # glibc's defaults keep them
-    assert before - after < 10, f"resident {before:.0f} MB → {after:.0f} MB untuned"
+    assert grown < 40, f"six bursts of 16 MB, one after the other, left {grown:.0f} MB resident"
+    grown, _ = run("none")  # glibc's default: an arena per thread, each keeping its burst
+    assert grown > 70, f"untuned: {grown:.0f} MB"
