@@ -71,7 +71,7 @@ class MemoryTrim:
     async def run(self) -> None:
         if self._fn is None:
             log.info("malloc_trim is not in this C library: freed memory stays with the allocator")
-            return
+            await asyncio.Event().wait()  # nothing to do, and not a stage that ended (supervise restarts those)
         while True:
             await asyncio.sleep(self.every_s)
             await asyncio.to_thread(self.trim)

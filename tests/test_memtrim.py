@@ -91,3 +91,21 @@ def test_memory_writer_threads_share_two_arenas_so_their_bursts_reuse_one_high_w
     assert grown < 40, f"six bursts of 16 MB, one after the other, left {grown:.0f} MB resident"
     grown, _ = run("none")  # glibc's default: an arena per thread, each keeping its burst
     assert grown > 70, f"untuned: {grown:.0f} MB"
+
+
+def test_memory_without_malloc_trim_the_task_waits_instead_of_ending() -> None:
+    """Under another C library the supervised task must not return: supervise would log it as a stage
+    that ended and restart it for ever."""
+    import asyncio
+
+    async def main() -> bool:
+        t = MemoryTrim()
+        t._fn = None
+        task = asyncio.create_task(t.run())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        done = task.done()
+        task.cancel()
+        return done
+
+    assert not asyncio.run(main())
