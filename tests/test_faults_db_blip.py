@@ -110,7 +110,7 @@ def test_a_database_blip_inside_a_stage_is_survived_with_nothing_lost_or_doubled
                 service = next(t for t in asyncio.all_tasks() if t is not run and "run_service" in repr(t.get_coro()))
                 if stage == "api-command":
                     headers = await token_for(h, "E1")
-                else:
+                elif stage != "alerting-flood-summaries":
                     fired = arm(h, stage, proxy.down)
                 # an HH combustible-gas reading: orange, the enterprise's contact by SMS (and its robot)
                 pub.publish(f"{topic_prefix}/E1/data", json.dumps({"ts": ms, "points": [{"tag": "AT-1", "value": 55}]}))
@@ -118,6 +118,9 @@ def test_a_database_blip_inside_a_stage_is_survived_with_nothing_lost_or_doubled
                 if stage == "alerting-flood-summaries":
                     # summaries are folded every few minutes of the service's time: let one fall due
                     await until(lambda: len(sms.ok()) == 1, "the immediate SMS")
+                    # armed only now: the stage's first pass folds at once, and a cut there could come before
+                    # the alarm (CI saw it once: the database then stayed down and the test waited for ever)
+                    fired = arm(h, stage, proxy.down)
                     clock.advance(FLOOD_SUMMARY_EVERY + timedelta(seconds=1))
                 if stage == "api-command":
                     [aid] = [a.alarm_id for a in h.rules.engine.alarms.values() if a.tag == "AT-1"]
