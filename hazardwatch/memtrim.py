@@ -1,4 +1,5 @@
-"""Freed memory given back to the system once a minute (glibc's ``malloc_trim``).
+"""Freed memory given back to the system: glibc limited to two arenas at start-up, and trimmed
+once a minute (``malloc_trim``).
 
 A long-running service frees most of what a burst allocated — a backlog drained, a large query's
 rows, a scrape of ``/metrics`` written in a worker thread — but glibc keeps freed pages inside its
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 
@@ -23,11 +25,17 @@ EVERY_S = 60.0
 M_ARENA_MAX = -8  # a mallopt parameter (malloc.h)
 
 
-def _libc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     try:
-        fn = ctypes.CDLL(name or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    fn = getattr(_libc(), "malloc_trim", None)
+    if fn is None:
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn
@@ -40,10 +48,8 @@ def tune_allocator(arenas: int = 2) -> bool:
 
     The mmap threshold is left dynamic: fixed at its 128 KiB start, every numpy temporary of a large
     registry was a fresh mapping (page faults on every batch: restart at 440,000 sensors 15 → 31 s)."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
@@ -55,7 +61,6 @@ class MemoryTrim:
     def __init__(self, every_s: float = EVERY_S) -> None:
         self.every_s = every_s
         self._fn = _libc_trim()
-        self.trims = 0
 
     @property
     def available(self) -> bool:
@@ -65,7 +70,6 @@ class MemoryTrim:
         """Give free pages back; whether any were (False where the C library cannot)."""
         if self._fn is None:
             return False
-        self.trims += 1
         return bool(self._fn(0))
 
     async def run(self) -> None:

@@ -16,9 +16,6 @@ SCRIPT = textwrap.dedent("""
     import sys
     from hazardwatch.memtrim import MemoryTrim
 
-    def rss_mb():
-        with open("/proc/self/status") as f:
-            return int(next(x for x in f if x.startswith("VmRSS")).split()[1]) / 1024
 
     # a burst: 80 MB in 2 KB blocks (from the C heap, not Python's small-object arenas); one block in
     # 64 stays alive, and the last one, so the heap cannot simply shrink from its top
@@ -31,9 +28,21 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+RSS_MB = """
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return int(next(x for x in f if x.startswith("VmRSS")).split()[1]) / 1024
+"""
+
+
+def _script(src: str, mode: str) -> list[str]:
+    """Run ``src`` (with ``rss_mb()``) in a fresh interpreter: a process of its own measures its own memory."""
+    return subprocess.run([sys.executable, "-c", RSS_MB + src, mode], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 def _run(mode: str) -> tuple[float, float, bool]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True).stdout
-    before, after, trimmed, _ = out.split()
+    before, after, trimmed, _ = _script(SCRIPT, mode)
     return float(before), float(after), trimmed == "True"
 
 
@@ -51,9 +60,6 @@ THREADS = textwrap.dedent("""
     import sys, threading
     from hazardwatch.memtrim import tune_allocator
 
-    def rss_mb():
-        with open("/proc/self/status") as f:
-            return int(next(x for x in f if x.startswith("VmRSS")).split()[1]) / 1024
 
     tuned = tune_allocator() if sys.argv[1] == "tune" else False
     kept = []
@@ -82,8 +88,7 @@ THREADS = textwrap.dedent("""
 @pytest.mark.skipif(not MemoryTrim().available, reason="not glibc")
 def test_memory_writer_threads_share_two_arenas_so_their_bursts_reuse_one_high_water_mark() -> None:
     def run(mode: str) -> tuple[float, bool]:
-        out = subprocess.run([sys.executable, "-c", THREADS, mode], capture_output=True, text=True, check=True).stdout
-        grown, tuned = out.split()
+        grown, tuned = _script(THREADS, mode)
         return float(grown), tuned == "True"
 
     grown, tuned = run("tune")

@@ -209,9 +209,10 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                 if k % int(DETECTORS_EVERY / EVERY) == 0:  # every toxic detector reports, the leaking ones 60
                     leaking = {(j % CONTACTS, j // CONTACTS) for j in range(max(0, k - lag_k), k + 1)}
                     ts_ms = int(time.time() * 1000)
-                    for e in range(CONTACTS):
-                        pts = [{"tag": f"TX-{t:04d}", "value": 60 if (e, t) in leaking else 0} for t in range(per_ent)]
-                        pub.publish(f"{prefix}/L{e:05d}/data", json.dumps({"ts": ts_ms, "points": pts}), qos=1)
+                    for ent in range(CONTACTS):
+                        pts = [{"tag": f"TX-{t:04d}", "value": 60 if (ent, t) in leaking else 0}
+                               for t in range(per_ent)]
+                        pub.publish(f"{prefix}/L{ent:05d}/data", json.dumps({"ts": ts_ms, "points": pts}), qos=1)
                 next_at = t0 + 5 + (k + 1) * EVERY
                 time.sleep(max(0.0, next_at - time.perf_counter()))
                 if k and k % int(60 / EVERY) == 0 and samples:
