@@ -17,6 +17,8 @@ are cancelled before they are sent.
 
 Two stores hold the rows: ``PgOutbox`` (the ``outbox`` table) while the database answers, and
 ``LocalOutbox`` (the local journal) while it does not; the flusher moves local rows into the table.
+A row planned into the table but not yet claimed when the database goes away (``Unclaimed``), and a
+failed attempt's retry, are kept in the journal too, so they go out during the outage, not after it.
 """
 
 from __future__ import annotations
@@ -377,6 +379,69 @@ class PgOutbox:
             return len(held)
 
 
+@dataclass(slots=True)
+class _Owed:
+    row: Row
+    seq: int
+    attempts: int = 0
+    failures: int = 0
+    first_due: datetime | None = None
+
+
+class Unclaimed:
+    """Messages this stage put into the ``outbox`` table as pending and has not yet claimed back.
+
+    Between the two — milliseconds for a first notice, a retry's wait after a failed attempt — the
+    database may go away, and the message would wait for it to return. ``hand_over`` copies them into
+    the journal instead, under the same idempotency keys: they go out now, and when the flusher writes
+    them back, the table's row is marked sent (``upsert_local``), so each is still sent once. A row the
+    table held back (cancelled, superseded, refused for an acknowledged alarm) is forgotten when a
+    claim that had room for every due row did not return it."""
+
+    def __init__(self) -> None:
+        self._owed: dict[str, _Owed] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._owed)
+
+    def add(self, rows: Sequence[Row], attempts: int = 0, failures: int = 0,
+            first_due: datetime | None = None) -> None:
+        for r in rows:
+            if r.status == "pending":
+                self._seq += 1
+                self._owed[r.key] = _Owed(r, self._seq, attempts, failures, first_due)
+
+    def mark(self) -> int:
+        """Taken before a claim: rows added after it may have been committed after the claim looked."""
+        return self._seq
+
+    def claimed(self, claimed: Sequence[Claimed], now: datetime, mark: int, complete: bool) -> None:
+        for c in claimed:
+            self._owed.pop(c.key, None)
+        if complete:  # the claim had room for every due row: one not returned is not claimable
+            for key in [k for k, o in self._owed.items() if o.seq <= mark and o.row.due_at <= now]:
+                del self._owed[key]
+
+    def hand_over(self, journal: Journal) -> int:
+        """Into the journal (a message already there is left alone); returns how many."""
+        n = 0
+        for key, o in self._owed.items():
+            if journal.put_message(key, o.row.doc(), o.row.due_at):
+                n += 1
+                if o.attempts or o.failures or o.first_due is not None:
+                    journal.update_message(key, attempts=o.attempts, failures=o.failures,
+                                           first_due_at=o.first_due or o.row.due_at)
+        self._owed.clear()
+        return n
+
+
+def retry_row(c: Claimed, d: Decision) -> Row:
+    """A claimed message whose attempt failed, as the row its retry is (due when the policy says)."""
+    assert d.retry_at is not None
+    return Row(c.key, c.alarm_id, c.unit, c.contact, c.channel, c.step, c.payload, d.retry_at)
+
+
 class LocalOutbox:
     """The local journal's messages, while the database is away. Attempts become journal entries."""
 
@@ -401,6 +466,12 @@ class LocalOutbox:
         if c.id is None:
             self.journal.update_message(c.key, status=d.status, failures=d.failures,
                                         due_at=d.retry_at or now, sent_at=now if d.status == "sent" else None)
+        elif d.status == "pending" and d.retry_at is not None:
+            # claimed from the table, failed, and the database gone since: the retry is kept here,
+            # so it goes out during the outage (the table's row is marked when the flusher writes it)
+            owed = Unclaimed()
+            owed.add([retry_row(c, d)], c.attempts, d.failures, c.first_due)
+            owed.hand_over(self.journal)
         self.journal.append("attempt", {"key": c.key, "outbox_id": c.id, "alarm_id": c.alarm_id, "unit": c.unit,
                                         "contact": c.contact, "channel": c.channel, "step": c.step,
                                         "attempt": c.attempts, "ts": now, "outcome": d.outcome, "detail": d.detail,

@@ -59,8 +59,9 @@ def degraded_metric(h: ServiceHandle, stage: str) -> float | None:
     return h.registry.get_sample_value("hazardwatch_stage_degraded", {"stage": stage})
 
 
-def arm(h: ServiceHandle, stage: str, cut: Callable[[], None]) -> list[int]:
-    """Wrap the method the stage touches the database with: its next call cuts the proxy first."""
+def arm(h: ServiceHandle, stage: str, cut: Callable[[], None], after: bool = False) -> list[int]:
+    """Wrap the method the stage touches the database with: its next call cuts the proxy first (or,
+    ``after``, once the real call has returned)."""
     fired: list[int] = []
 
     def target() -> tuple[Any, str]:
@@ -78,10 +79,15 @@ def arm(h: ServiceHandle, stage: str, cut: Callable[[], None]) -> list[int]:
     if asyncio.iscoroutinefunction(real):
         @functools.wraps(real)
         async def wrapped(*a: Any, **kw: Any) -> Any:
-            if not fired:
+            first = not fired
+            if first:
                 fired.append(1)
+                if not after:
+                    cut()
+            out = await real(*a, **kw)
+            if first and after:
                 cut()
-            return await real(*a, **kw)
+            return out
     else:
         @functools.wraps(real)
         def wrapped(*a: Any, **kw: Any) -> Any:  # ingest's writer runs in a worker thread
@@ -236,3 +242,45 @@ def test_an_attempt_recorded_again_from_the_journal_is_one_row(make_database) ->
                 return await cur.fetchall()
 
     assert asyncio.run(go()) == [(1, "sent"), (2, "failed")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before-the-alarm", "after-planning", "during-a-retry", "recording-a-failure"])
+def test_an_alarm_is_told_while_the_database_stays_away(  # type: ignore[no-untyped-def]
+        when: str, make_database, mqtt_url: str, topic_prefix: str, stand_ins: StandIns) -> None:
+    """The database goes away — at alerting's first pass, before any alarm; just after the alarm's first
+    message was planned into the outbox table, before it was claimed; just after a failed attempt was
+    recorded there, before its retry; or as that failed attempt is being recorded — and stays away:
+    the alarm's immediate SMS still reaches the gateway, from the local journal, and once the database
+    is back it is recorded there once."""
+    sms = stand_ins.sms
+    clock = FakeClock(T0)
+    ms = int(T0.timestamp() * 1000)
+
+    async def go() -> None:
+        with db_proxy(make_database("postgres", "hwf2first")) as proxy:
+            async with running_service(stand_ins.site, proxy.url(), mqtt_url, topic_prefix, clock) as (h, _client):
+                pub = Publisher(mqtt_url)
+                if when == "before-the-alarm":
+                    fired = arm(h, "alerting-flood-summaries", proxy.down)
+                    await until(lambda: fired, "alerting's first pass touched the database")
+                elif when == "after-planning":
+                    fired = arm(h, "alerting-plan", proxy.down, after=True)
+                else:
+                    sms.faults.append("500")  # the gateway fails the first attempt
+                    fired = arm(h, "alerting-attempt-record", proxy.down, after=when == "during-a-retry")
+                pub.publish(f"{topic_prefix}/E1/data", json.dumps({"ts": ms, "points": [{"tag": "AT-1", "value": 55}]}))
+                await until(lambda: any(a.tag == "AT-1" for a in h.rules.engine.alarms.values()), "the alarm raised")
+                if when in ("during-a-retry", "recording-a-failure"):
+                    await until(lambda: fired and not h.gate.up, "the failed attempt recorded, then the cut")
+                    clock.advance(timedelta(minutes=3))  # past the retry's back-off
+                await until(lambda: len(sms.ok()) == 1, "the immediate SMS, with the database still away")
+                assert fired and proxy.is_down and not h.gate.up
+                proxy.up()
+                await until(lambda: h.health.all_ok, f"every stage well again: {h.health.report()}")
+                counts = await until(lambda: _settled(h), "every message delivered and recorded")
+                assert counts["keys_sent_twice"] == 0 and counts["keys_unrecorded"] == 0, (counts, await _notes(h))
+                assert sms.duplicates() == [], "each SMS delivered once"
+                pub.close()
+
+    asyncio.run(go())
