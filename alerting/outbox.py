@@ -275,110 +275,6 @@ class Store(Protocol):
     async def report(self, o: Overdue, now: datetime, rows: Sequence[Row], event: dict[str, Any]) -> None: ...
 
 
-class PgOutbox:
-    """The ``outbox`` table."""
-
-    def __init__(self, pool: AsyncConnectionPool, timeout: float = 5.0) -> None:
-        self.pool = pool
-        self.timeout = timeout
-        self._tidied = -1e9  # monotonic time of the last tidy-up (cancel, supersede, expired leases)
-
-    async def enqueue(self, rows: Sequence[Row]) -> None:
-        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
-            await enqueue(conn, rows)
-
-    async def recover(self) -> int:
-        """At start: rows a previous run left ``sending`` go out again (with the same idempotency key)."""
-        async with self.pool.connection(timeout=self.timeout) as conn:
-            cur = await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL WHERE status = 'sending'")
-            return cur.rowcount
-
-    async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
-        # the tidy-up and the claim in one round trip (rows read after it)
-        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
-            if time.monotonic() - self._tidied >= TIDY_EVERY:
-                await self._tidy(conn, now)
-            cur = await conn.execute(
-                "UPDATE outbox o SET status = 'sending', attempts = attempts + 1, claimed_at = %s WHERE id IN ("
-                " SELECT id FROM outbox p WHERE status = 'pending' AND due_at <= %s"
-                # never a later step or reminder of an acknowledged alarm, tidied or not
-                "  AND NOT ((p.step LIKE 'then-%%' OR p.step LIKE 'repeat-%%') AND EXISTS (SELECT 1 FROM alarms a"
-                "   WHERE a.id = p.alarm_id AND (a.acked_at IS NOT NULL OR a.state = 'closed')))"
-                # first notices before reminders and clear notices, so that a wave of reminders
-                # never delays telling someone of a new alarm
-                " ORDER BY (p.step LIKE 'repeat-%%' OR p.step IN ('cleared', 'resolved')), due_at, id"
-                " FOR UPDATE SKIP LOCKED LIMIT %s)"
-                " RETURNING id, idempotency_key, alarm_id, unit_code, contact, channel, step, payload, attempts,"
-                " failures, first_due_at, coalesce((SELECT a.acked_at IS NOT NULL OR a.state = 'closed'"
-                "  FROM alarms a WHERE a.id = o.alarm_id), true)",
-                (now, now, limit),
-            )
-        rows = await cur.fetchall()
-        return [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
-
-    async def _tidy(self, conn: AsyncConnection, now: datetime) -> None:
-        # an acknowledgement stops later steps and reminders, even those already planned (enqueue
-        # refuses new ones at once; this catches rows planned before the acknowledgement)
-        await conn.execute(
-            "UPDATE outbox o SET status = 'cancelled' FROM alarms a WHERE o.status = 'pending'"
-            " AND o.alarm_id = a.id AND (a.acked_at IS NOT NULL OR a.state = 'closed')"
-            " AND (o.step LIKE 'then-%%' OR o.step LIKE 'repeat-%%')")
-        # one channel delivered this step to this contact: the other channel's copy is not needed
-        await conn.execute(
-            "UPDATE outbox o SET status = 'superseded' WHERE o.status = 'pending' AND o.alarm_id IS NOT NULL"
-            " AND EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = o.alarm_id AND s.step = o.step"
-            "  AND s.status = 'sent' AND s.id <> o.id AND s.unit_code = o.unit_code"
-            "  AND split_part(s.idempotency_key, '/', 3) = split_part(o.idempotency_key, '/', 3))")
-        await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL"
-                           " WHERE status = 'sending' AND claimed_at < %s", (now - LEASE,))
-        self._tidied = time.monotonic()
-
-    async def record(self, c: Claimed, now: datetime, d: Decision, extra: Sequence[Row]) -> None:
-        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
-            await record_attempt(conn, c.key, c.id, c, c.attempts, now, d)
-            if extra:
-                await enqueue(conn, extra)
-
-    async def overdue(self, now: datetime, after: timedelta) -> list[Overdue]:
-        async with self.pool.connection(timeout=self.timeout) as conn:
-            cur = await conn.execute(
-                "WITH open AS (SELECT o.alarm_id, o.unit_code, split_part(o.idempotency_key, '/', 3) AS who,"
-                "  o.contact, o.step, o.channel, o.first_due_at, o.payload"
-                "  FROM outbox o JOIN alarms a ON a.id = o.alarm_id"
-                "  WHERE o.status IN ('pending', 'sending', 'failed') AND o.reported_at IS NULL"
-                "  AND o.first_due_at < %s AND o.step NOT LIKE 'unreachable%%' AND o.channel <> 'console'"
-                "  AND a.acked_at IS NULL AND a.state <> 'closed')"
-                " SELECT g.alarm_id, g.unit_code, g.who, min(g.contact), g.step, min(g.channel), min(g.first_due_at),"
-                "  (array_agg(g.payload))[1] FROM open g GROUP BY g.alarm_id, g.unit_code, g.who, g.step"
-                " HAVING NOT EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = g.alarm_id AND s.step = g.step"
-                "  AND s.unit_code = g.unit_code AND s.status = 'sent'"
-                "  AND split_part(s.idempotency_key, '/', 3) = g.who)",
-                (now - after,))
-            return [Overdue(*r) for r in await cur.fetchall()]
-
-    async def report(self, o: Overdue, now: datetime, rows: Sequence[Row], event: dict[str, Any]) -> None:
-        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE outbox SET reported_at = %s WHERE alarm_id = %s AND unit_code = %s AND step = %s"
-                " AND split_part(idempotency_key, '/', 3) = %s", (now, o.alarm_id, o.unit, o.step, o.who))
-            await enqueue(conn, rows)
-            await record_event(conn, event)
-
-    async def fold_held(self, fold: Callable[[list[Row]], list[Row]]) -> int:
-        """Held flood messages → summaries, in one transaction (held rows are durable, not memory)."""
-        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT idempotency_key, alarm_id, unit_code, contact, channel, step, payload, due_at, status"
-                " FROM outbox WHERE status = 'held' ORDER BY id FOR UPDATE")
-            held = [Row(*r) for r in await cur.fetchall()]
-            if not held:
-                return 0
-            await enqueue(conn, fold(held))
-            await conn.execute("UPDATE outbox SET status = 'folded' WHERE idempotency_key = ANY(%s)",
-                               ([r.key for r in held],))
-            return len(held)
-
-
 @dataclass(slots=True)
 class _Owed:
     row: Row
@@ -425,21 +321,140 @@ class Unclaimed:
 
     def hand_over(self, journal: Journal) -> int:
         """Into the journal (a message already there is left alone); returns how many."""
-        n = 0
-        for key, o in self._owed.items():
-            if journal.put_message(key, o.row.doc(), o.row.due_at):
-                n += 1
-                if o.attempts or o.failures or o.first_due is not None:
-                    journal.update_message(key, attempts=o.attempts, failures=o.failures,
-                                           first_due_at=o.first_due or o.row.due_at)
+        n = sum(keep(journal, o.row, o.attempts, o.failures, o.first_due) for o in self._owed.values())
         self._owed.clear()
         return n
+
+
+def keep(journal: Journal, row: Row, attempts: int = 0, failures: int = 0, first_due: datetime | None = None) -> bool:
+    """A table row as a journal message (with its attempts so far); False if the journal had it already."""
+    if not journal.put_message(row.key, row.doc(), row.due_at):
+        return False
+    if attempts or failures or first_due is not None:
+        journal.update_message(row.key, attempts=attempts, failures=failures, first_due_at=first_due or row.due_at)
+    return True
 
 
 def retry_row(c: Claimed, d: Decision) -> Row:
     """A claimed message whose attempt failed, as the row its retry is (due when the policy says)."""
     assert d.retry_at is not None
     return Row(c.key, c.alarm_id, c.unit, c.contact, c.channel, c.step, c.payload, d.retry_at)
+
+
+class PgOutbox:
+    """The ``outbox`` table. What it was given as pending and has not yet handed out is in
+    ``unclaimed``, for the journal if the database goes away."""
+
+    def __init__(self, pool: AsyncConnectionPool, timeout: float = 5.0) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._tidied = -1e9  # monotonic time of the last tidy-up (cancel, supersede, expired leases)
+        self.unclaimed = Unclaimed()
+
+    async def enqueue(self, rows: Sequence[Row]) -> None:
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
+            await enqueue(conn, rows)
+        self.unclaimed.add(rows)
+
+    async def recover(self) -> int:
+        """At start: rows a previous run left ``sending`` go out again (with the same idempotency key)."""
+        async with self.pool.connection(timeout=self.timeout) as conn:
+            cur = await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL WHERE status = 'sending'")
+            return cur.rowcount
+
+    async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
+        mark = self.unclaimed.mark()
+        # the tidy-up and the claim in one round trip (rows read after it)
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
+            if time.monotonic() - self._tidied >= TIDY_EVERY:
+                await self._tidy(conn, now)
+            cur = await conn.execute(
+                "UPDATE outbox o SET status = 'sending', attempts = attempts + 1, claimed_at = %s WHERE id IN ("
+                " SELECT id FROM outbox p WHERE status = 'pending' AND due_at <= %s"
+                # never a later step or reminder of an acknowledged alarm, tidied or not
+                "  AND NOT ((p.step LIKE 'then-%%' OR p.step LIKE 'repeat-%%') AND EXISTS (SELECT 1 FROM alarms a"
+                "   WHERE a.id = p.alarm_id AND (a.acked_at IS NOT NULL OR a.state = 'closed')))"
+                # first notices before reminders and clear notices, so that a wave of reminders
+                # never delays telling someone of a new alarm
+                " ORDER BY (p.step LIKE 'repeat-%%' OR p.step IN ('cleared', 'resolved')), due_at, id"
+                " FOR UPDATE SKIP LOCKED LIMIT %s)"
+                " RETURNING id, idempotency_key, alarm_id, unit_code, contact, channel, step, payload, attempts,"
+                " failures, first_due_at, coalesce((SELECT a.acked_at IS NOT NULL OR a.state = 'closed'"
+                "  FROM alarms a WHERE a.id = o.alarm_id), true)",
+                (now, now, limit),
+            )
+        rows = await cur.fetchall()
+        claimed = [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
+        self.unclaimed.claimed(claimed, now, mark, complete=len(claimed) < limit)
+        return claimed
+
+    async def _tidy(self, conn: AsyncConnection, now: datetime) -> None:
+        # an acknowledgement stops later steps and reminders, even those already planned (enqueue
+        # refuses new ones at once; this catches rows planned before the acknowledgement)
+        await conn.execute(
+            "UPDATE outbox o SET status = 'cancelled' FROM alarms a WHERE o.status = 'pending'"
+            " AND o.alarm_id = a.id AND (a.acked_at IS NOT NULL OR a.state = 'closed')"
+            " AND (o.step LIKE 'then-%%' OR o.step LIKE 'repeat-%%')")
+        # one channel delivered this step to this contact: the other channel's copy is not needed
+        await conn.execute(
+            "UPDATE outbox o SET status = 'superseded' WHERE o.status = 'pending' AND o.alarm_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = o.alarm_id AND s.step = o.step"
+            "  AND s.status = 'sent' AND s.id <> o.id AND s.unit_code = o.unit_code"
+            "  AND split_part(s.idempotency_key, '/', 3) = split_part(o.idempotency_key, '/', 3))")
+        await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL"
+                           " WHERE status = 'sending' AND claimed_at < %s", (now - LEASE,))
+        self._tidied = time.monotonic()
+
+    async def record(self, c: Claimed, now: datetime, d: Decision, extra: Sequence[Row]) -> None:
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
+            await record_attempt(conn, c.key, c.id, c, c.attempts, now, d)
+            if extra:
+                await enqueue(conn, extra)
+        self.unclaimed.add(extra)
+        if d.status == "pending" and d.retry_at is not None:
+            self.unclaimed.add([retry_row(c, d)], c.attempts, d.failures, c.first_due)
+
+    async def overdue(self, now: datetime, after: timedelta) -> list[Overdue]:
+        async with self.pool.connection(timeout=self.timeout) as conn:
+            cur = await conn.execute(
+                "WITH open AS (SELECT o.alarm_id, o.unit_code, split_part(o.idempotency_key, '/', 3) AS who,"
+                "  o.contact, o.step, o.channel, o.first_due_at, o.payload"
+                "  FROM outbox o JOIN alarms a ON a.id = o.alarm_id"
+                "  WHERE o.status IN ('pending', 'sending', 'failed') AND o.reported_at IS NULL"
+                "  AND o.first_due_at < %s AND o.step NOT LIKE 'unreachable%%' AND o.channel <> 'console'"
+                "  AND a.acked_at IS NULL AND a.state <> 'closed')"
+                " SELECT g.alarm_id, g.unit_code, g.who, min(g.contact), g.step, min(g.channel), min(g.first_due_at),"
+                "  (array_agg(g.payload))[1] FROM open g GROUP BY g.alarm_id, g.unit_code, g.who, g.step"
+                " HAVING NOT EXISTS (SELECT 1 FROM outbox s WHERE s.alarm_id = g.alarm_id AND s.step = g.step"
+                "  AND s.unit_code = g.unit_code AND s.status = 'sent'"
+                "  AND split_part(s.idempotency_key, '/', 3) = g.who)",
+                (now - after,))
+            return [Overdue(*r) for r in await cur.fetchall()]
+
+    async def report(self, o: Overdue, now: datetime, rows: Sequence[Row], event: dict[str, Any]) -> None:
+        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE outbox SET reported_at = %s WHERE alarm_id = %s AND unit_code = %s AND step = %s"
+                " AND split_part(idempotency_key, '/', 3) = %s", (now, o.alarm_id, o.unit, o.step, o.who))
+            await enqueue(conn, rows)
+            await record_event(conn, event)
+        self.unclaimed.add(rows)
+
+    async def fold_held(self, fold: Callable[[list[Row]], list[Row]]) -> int:
+        """Held flood messages → summaries, in one transaction (held rows are durable, not memory)."""
+        async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT idempotency_key, alarm_id, unit_code, contact, channel, step, payload, due_at, status"
+                " FROM outbox WHERE status = 'held' ORDER BY id FOR UPDATE")
+            held = [Row(*r) for r in await cur.fetchall()]
+            if not held:
+                return 0
+            summaries = fold(held)
+            await enqueue(conn, summaries)
+            await conn.execute("UPDATE outbox SET status = 'folded' WHERE idempotency_key = ANY(%s)",
+                               ([r.key for r in held],))
+        self.unclaimed.add(summaries)
+        return len(held)
 
 
 class LocalOutbox:
@@ -469,9 +484,7 @@ class LocalOutbox:
         elif d.status == "pending" and d.retry_at is not None:
             # claimed from the table, failed, and the database gone since: the retry is kept here,
             # so it goes out during the outage (the table's row is marked when the flusher writes it)
-            owed = Unclaimed()
-            owed.add([retry_row(c, d)], c.attempts, d.failures, c.first_due)
-            owed.hand_over(self.journal)
+            keep(self.journal, retry_row(c, d), c.attempts, d.failures, c.first_due)
         self.journal.append("attempt", {"key": c.key, "outbox_id": c.id, "alarm_id": c.alarm_id, "unit": c.unit,
                                         "contact": c.contact, "channel": c.channel, "step": c.step,
                                         "attempt": c.attempts, "ts": now, "outcome": d.outcome, "detail": d.detail,

@@ -46,11 +46,9 @@ from alerting.outbox import (
     PgOutbox,
     Row,
     Store,
-    Unclaimed,
     apply_attempt,
     payload_of,
     record_event,
-    retry_row,
     upsert_local,
 )
 from park.clock import Clock
@@ -94,6 +92,10 @@ def register_flush(flusher: Flusher) -> None:
     flusher.on_entry("event", record_event, phase=2)
 
 
+def _reporter(o: Overdue, now: datetime, rows: list[Row], event: dict[str, Any]) -> Callable[[Store], Any]:
+    return lambda s: s.report(o, now, rows, event)
+
+
 class AlertingService:
     def __init__(self, *, settings: Settings, park: Park, pool: AsyncConnectionPool, clock: Clock,
                  inbox: asyncio.Queue[AlarmEvent], registry: CollectorRegistry, signer: LinkSigner | None = None,
@@ -115,7 +117,6 @@ class AlertingService:
         self.health.register(STAGE)
         self.pg = PgOutbox(pool)
         self.local = LocalOutbox(gate.journal) if gate is not None else None
-        self.unclaimed = Unclaimed()  # planned into the table, not yet claimed: the journal's if it goes away
         self.worker = OutboxWorker(channels or {}, park, self.metrics, redact)
         self._channels = channels
         self._wake = asyncio.Event()
@@ -235,7 +236,8 @@ class AlertingService:
                 async with self.gate.lock:
                     if self.gate.up:
                         continue  # the flusher opened it meanwhile: the database again
-                    if self.unclaimed and (n := self.unclaimed.hand_over(self.local.journal)):
+                    # what the table was given but had not yet handed out goes out from the journal now
+                    if self.pg.unclaimed and (n := self.pg.unclaimed.hand_over(self.local.journal)):
                         log.warning("alerting: %d message(s) planned before the database went away are sent"
                                     " from the local journal", n)
                     return await fn(self.local)
@@ -245,13 +247,7 @@ class AlertingService:
                 delay = min(5.0, delay * 2)
 
     async def claim(self, now: datetime, limit: int = IN_FLIGHT) -> list[Claimed]:
-        async def claim(s: Store) -> list[Claimed]:
-            mark = self.unclaimed.mark()
-            got = list(await s.claim(now, limit))
-            if s is self.pg:
-                self.unclaimed.claimed(got, now, mark, complete=len(got) < limit)
-            return got
-        return await self._store_do("claim", claim)
+        return list(await self._store_do("claim", lambda s: s.claim(now, limit)))
 
     async def deliver(self, c: Claimed, now: datetime) -> str:
         """Send one claimed message and record the attempt (in the store it came from, or the journal).
@@ -271,13 +267,7 @@ class AlertingService:
             async with self.gate.lock:
                 await self.local.record(c, now, d, extra)
             return
-        async def record(s: Store) -> None:
-            await s.record(c, now, d, extra)
-            if s is self.pg:
-                self.unclaimed.add(extra)
-                if d.status == "pending" and d.retry_at is not None:
-                    self.unclaimed.add([retry_row(c, d)], c.attempts, d.failures, c.first_due)
-        await self._store_do("recording an attempt", record)
+        await self._store_do("recording an attempt", lambda s: s.record(c, now, d, extra))
 
     # --- planning -------------------------------------------------------------------------------
     def _rows(self, planned: list[Planned]) -> list[Row]:
@@ -296,12 +286,7 @@ class AlertingService:
         if not planned:
             return
         rows = self._rows(planned)
-
-        async def enqueue(s: Store) -> None:
-            await s.enqueue(rows)
-            if s is self.pg:
-                self.unclaimed.add(rows)
-        await self._store_do("planning", enqueue)
+        await self._store_do("planning", lambda s: s.enqueue(rows))
         for p in planned:
             self.metrics.planned.labels(p.channel, p.step.split("-")[0]).inc()
         self._wake.set()
@@ -312,19 +297,13 @@ class AlertingService:
         if self.gate is not None and not self.gate.up:
             return  # held messages wait for the database; red alarms are never held
         self._last_flood_summary = now
-        summaries: list[Row] = []
-
-        def fold(held: list[Row]) -> list[Row]:
-            summaries[:] = self._fold(held, now)
-            return summaries
         try:
-            n = await self.pg.fold_held(fold)
+            n = await self.pg.fold_held(lambda held: self._fold(held, now))
         except Exception as e:
             if not is_transient(e):
                 raise
             self._down("flood summary", e)
             return
-        self.unclaimed.add(summaries)
         if n:
             self._wake.set()
 
@@ -362,17 +341,10 @@ class AlertingService:
             rows, event = self._unreachable(o, now)
             log.warning("contact %s of %s not reached for alarm %d (%s) since %s: telling the duty room",
                         o.contact, o.unit, o.alarm_id, o.step, o.first_due.isoformat())
-            await self._store_do("reporting an unreached contact", self._reporter(o, now, rows, event))
+            await self._store_do("reporting an unreached contact", _reporter(o, now, rows, event))
             self.metrics.unreachable.inc()
         if overdue:
             self._wake.set()
-
-    def _reporter(self, o: Overdue, now: datetime, rows: list[Row], event: dict[str, Any]) -> Callable[[Store], Any]:
-        async def report(s: Store) -> None:
-            await s.report(o, now, rows, event)
-            if s is self.pg:
-                self.unclaimed.add(rows)
-        return report
 
     def _unreachable(self, o: Overdue, now: datetime) -> tuple[list[Row], dict[str, Any]]:
         a = o.payload.get("alarm", {})

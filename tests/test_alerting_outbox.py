@@ -228,7 +228,7 @@ def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_ha
                 assert await cur.fetchall() == [("immediate", "sending"), ("repeat-1", "cancelled")]
             # the claim had room for every due row and returned only the first notice: the reminders the
             # table cancelled or refused are not kept for the journal (an outage now sends none of them)
-            assert svc.unclaimed.hand_over(Journal(tmp_path / "j.sqlite3")) == 0
+            assert svc.pg.unclaimed.hand_over(Journal(tmp_path / "j.sqlite3")) == 0
 
     try:
         asyncio.run(go())

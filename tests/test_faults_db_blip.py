@@ -118,9 +118,8 @@ def test_a_database_blip_inside_a_stage_is_survived_with_nothing_lost_or_doubled
                     headers = await token_for(h, "E1")
                 elif stage != "alerting-flood-summaries":
                     fired = arm(h, stage, proxy.down)
-                # an HH combustible-gas reading: orange, the enterprise's contact by SMS (and its robot)
-                pub.publish(f"{topic_prefix}/E1/data", json.dumps({"ts": ms, "points": [{"tag": "AT-1", "value": 55}]}))
-                await until(lambda: any(a.tag == "AT-1" for a in h.rules.engine.alarms.values()), "the alarm raised")
+                _hh_gas(pub, topic_prefix, ms)
+                await until(lambda: _raised(h), "the alarm raised")
                 if stage == "alerting-flood-summaries":
                     # summaries are folded every few minutes of the service's time: let one fall due
                     await until(lambda: len(sms.ok()) == 1, "the immediate SMS")
@@ -197,6 +196,15 @@ def aid1(h: ServiceHandle) -> int | None:
     return next(a.alarm_id for a in h.rules.engine.alarms.values() if a.tag == "AT-1")
 
 
+def _raised(h: ServiceHandle) -> bool:
+    return any(a.tag == "AT-1" for a in h.rules.engine.alarms.values())
+
+
+def _hh_gas(pub: Publisher, prefix: str, ms: int) -> None:
+    """An HH combustible-gas reading: orange, the enterprise's contact by SMS (and its robot)."""
+    pub.publish(f"{prefix}/E1/data", json.dumps({"ts": ms, "points": [{"tag": "AT-1", "value": 55}]}))
+
+
 async def _settled(h: ServiceHandle) -> dict[str, int] | None:
     """What the database holds once every planned message is delivered and recorded; None before."""
     async with h.pool.connection() as conn:
@@ -269,8 +277,8 @@ def test_an_alarm_is_told_while_the_database_stays_away(  # type: ignore[no-unty
                 else:
                     sms.faults.append("500")  # the gateway fails the first attempt
                     fired = arm(h, "alerting-attempt-record", proxy.down, after=when == "during-a-retry")
-                pub.publish(f"{topic_prefix}/E1/data", json.dumps({"ts": ms, "points": [{"tag": "AT-1", "value": 55}]}))
-                await until(lambda: any(a.tag == "AT-1" for a in h.rules.engine.alarms.values()), "the alarm raised")
+                _hh_gas(pub, topic_prefix, ms)
+                await until(lambda: _raised(h), "the alarm raised")
                 if when in ("during-a-retry", "recording-a-failure"):
                     await until(lambda: fired and not h.gate.up, "the failed attempt recorded, then the cut")
                     clock.advance(timedelta(minutes=3))  # past the retry's back-off
