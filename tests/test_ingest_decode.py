@@ -42,6 +42,17 @@ def test_batch_with_point_ts_override_bool_and_quality() -> None:
     assert out.value == [8.73, 1.0, 3.0] and out.quality == [0, 2, 0]
 
 
+def test_the_readings_move_into_the_batch_and_the_rejects_stay() -> None:
+    """The decoded lists are let go once the arrays are built: pending work waits for its commit
+    holding the arrays, not a Python object per reading beside them (a backlog's memory peak)."""
+    out = dec("hw/v1/E1/data", {"ts": NOW_MS, "points": [{"tag": "AT-000", "value": 8.73},
+                                                         {"tag": "NOPE", "value": 1}]})
+    b = out.batch()
+    assert b.sensor_id.tolist() == [SID["AT-000"]] and b.value.tolist() == [8.73]
+    assert (out.sensor_id, out.ts_us, out.value, out.quality) == ([], [], [], []) and len(out) == 0
+    assert [r.reason for r in out.rejects] == [R.UNKNOWN_TAG]
+
+
 def test_backfill_topic_is_a_batch_decoded_exactly_like_data() -> None:
     """docs/contract.md §1: …/backfill carries the same gateway batch as …/data (history re-sent after an
     outage); the same readings come out, and the same rejections, each on its own topic."""

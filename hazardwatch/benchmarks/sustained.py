@@ -18,10 +18,10 @@ leaks, overfills, runaway temperatures, a gateway dropping off, chattering …).
   in memory, by design, until someone does).
 
 Every 10 s it samples the service's resident memory and ``hazardwatch_ingest_lag_seconds`` (now
-minus the newest reading of the last batch decoded). At the end it prints memory growth (second
-tenth of the run against the last tenth), lag (median, p99, max), the timed alarms notified and
-missing (a missing SMS is a failure), p99 reading → first SMS, and every alarm the run raised
-with whether a notification for it was sent. A script with figures, not a test.
+minus the newest reading of the last batch decoded), written to ``--samples`` as they come. At the
+end it prints memory growth (second tenth of the run against the last tenth), lag (median, p99, max),
+the timed alarms notified and missing (a missing SMS is a failure), p99 reading → first SMS, and
+every alarm the run raised with whether a notification for it was sent. A script with figures, not a test.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ class DutyRoom:
 
 
 def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: float,
-        service_log: str = "sustained-service.log", clear_after: float = 10.0, ack_after: float = 30.0) -> int:
+        service_log: str = "sustained-service.log", clear_after: float = 10.0, ack_after: float = 30.0,
+        samples_file: str = "sustained-samples.tsv") -> int:
     seconds = minutes * 60
     triggers = int(seconds / EVERY)
     sms = SmsStandIn()
@@ -164,7 +165,8 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                 log_file.close()
 
             threading.Thread(target=keep_log, daemon=True).start()
-            print(f"the service's log: {service_log}", flush=True)
+            Path(samples_file).write_text("seconds\trss_mb\tlag_s\n", encoding="utf-8")
+            print(f"the service's log: {service_log}; memory and lag every {SAMPLE:.0f} s: {samples_file}", flush=True)
             ctx = mp.get_context("spawn")
             spec = LoadSpec(ENTERPRISES, POINTS, "batch", int(load / POINTS * (seconds + WAIT_AFTER)), load / POINTS,
                             realtime=True)
@@ -182,7 +184,10 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
                         lag = _metric(http, "hazardwatch_ingest_lag_seconds")
                     except OSError:
                         lag = float("nan")
-                    samples.append((time.perf_counter() - t0, _rss_mb(proc.pid), lag))
+                    at, rss = time.perf_counter() - t0, _rss_mb(proc.pid)
+                    samples.append((at, rss, lag))
+                    with open(samples_file, "a", encoding="utf-8") as f:  # where memory steps, the lag then
+                        f.write(f"{at:.0f}\t{rss:.1f}\t{lag:.2f}\n")
 
             threading.Thread(target=sample, daemon=True).start()
             print(f"sustained run: {minutes:g} min, background {load:,.0f} readings/s, simulator scenarios every "
@@ -307,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=float, default=50_000, help="background readings per second")
     ap.add_argument("--service-log", default="sustained-service.log",
                     help="where the service's own log is written (to read after the run)")
+    ap.add_argument("--samples", default="sustained-samples.tsv",
+                    help="where the memory and lag samples are written (seconds, RSS MB, lag s)")
     ap.add_argument("--scenario-every", type=float, default=120.0, help="seconds between simulator scenarios")
     ap.add_argument("--clear-after", type=float, default=10.0,
                     help="seconds after a timed alarm's red reading that its detector reads 0 again")
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds after its SMS that a timed alarm is acknowledged by its link (0: never)")
     a = ap.parse_args(argv)
     return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log, a.clear_after,
-               a.ack_after)
+               a.ack_after, a.samples)
 
 
 if __name__ == "__main__":
