@@ -127,10 +127,13 @@ async def serve_http(app: Any, host: str, port: int) -> None:
 
 async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Site, clock: Clock) -> None:
     """Retention and rollups where the database does not run them itself."""
+    full = True  # the first pass re-reads the last two hours whole (park/db/maintenance.py)
     while True:
         try:
             async with pool.connection() as conn:
-                rep = await run_maintenance(conn, edition, site.retention, clock.now())
+                rep = await run_maintenance(conn, edition, site.retention, clock.now(),
+                                            late_after=site.alarm_management.backfill_after, full=full)
+            full = False
             log.debug("maintenance: %s", rep)
         except Exception as e:  # the database may be down; ingest handles that, upkeep just waits
             if is_transient(e):  # expected during an outage: one line, no traceback

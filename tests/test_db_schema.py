@@ -144,6 +144,64 @@ def test_retention_and_rollups_give_the_same_answers(db_url: str) -> None:
     run(go())
 
 
+def test_a_later_pass_rereads_the_recent_readings_and_the_marked_backfills_not_the_whole_lookback(
+        db_url: str) -> None:
+    """A pass after the first re-reads what changed since the watermark: readings arrived on time and
+    the buckets of backfill marks, whatever their age — not two hours of readings every time."""
+    async def go() -> None:
+        async with await _connect(db_url) as conn:
+            edition, _ = await migrate(conn)
+            park = await sync_registry(conn, parse_site(MINIMAL_SITE, environ={}))
+            sid = park.sensors[0].id
+            keep = Retention(readings=timedelta(days=30))
+
+            async def store(*rows: tuple[datetime, float]) -> None:
+                copy = "COPY readings (ts, sensor_id, value, quality) FROM STDIN"
+                async with conn.cursor() as cur, cur.copy(copy) as cp:
+                    for ts, v in rows:
+                        await cp.write_row((ts, sid, v, 0))
+                await conn.commit()
+
+            async def minute(at: datetime) -> tuple[int, float] | None:
+                cur = await conn.execute("SELECT n, max_value FROM readings_1m WHERE sensor_id = %s AND bucket = %s",
+                                         (sid, at))
+                row = await cur.fetchone()
+                await conn.commit()
+                return None if row is None else (row[0], row[1])
+
+            await store((NOW - timedelta(minutes=1), 1.0))
+            await run_maintenance(conn, edition, keep, NOW)  # the first pass: the watermark is NOW
+            await conn.commit()
+            later = NOW + timedelta(minutes=5)
+            hour_ago, day_ago = NOW - timedelta(hours=1), NOW - timedelta(days=1)
+            # on time; an hour late and unmarked; a day late and marked (the ingest stage marks backfills)
+            ninety_ago = NOW - timedelta(minutes=90)
+            await store((later - timedelta(minutes=1), 2.0), (hour_ago, 3.0), (ninety_ago, 6.0),
+                        (day_ago, 4.0), (day_ago + timedelta(seconds=10), 5.0))
+            await conn.execute("INSERT INTO reading_backfills (sensor_id, start_ts, end_ts, received_at, n)"
+                               " VALUES (%s, %s, %s, %s, 2)", (sid, day_ago, day_ago + timedelta(seconds=10), later))
+            await conn.commit()
+            await run_maintenance(conn, edition, keep, later, full=False)
+            await conn.commit()
+            assert await minute(later - timedelta(minutes=1)) == (1, 2.0)
+            assert await minute(day_ago) == (2, 5.0)
+            assert await minute(hour_ago) is None  # not re-read: it is neither recent nor marked
+            # a gateway whose clock runs an hour slow stamps its live readings an hour back, unmarked
+            await conn.execute("INSERT INTO gateway_clocks (enterprise_code, offset_s, measured_at)"
+                               " VALUES ('E001', -3700, %s)", (later,))
+            await conn.commit()
+            await run_maintenance(conn, edition, keep, later + timedelta(minutes=5), full=False)
+            await conn.commit()
+            assert await minute(hour_ago) == (1, 3.0)
+            assert await minute(ninety_ago) is None
+            # the service's first pass after a restart re-reads the last two hours whole
+            await run_maintenance(conn, edition, keep, later + timedelta(minutes=10), full=True)
+            await conn.commit()
+            assert await minute(ninety_ago) == (1, 6.0)
+
+    run(go())
+
+
 def test_one_open_alarm_per_key_is_enforced_by_the_schema(db_url: str) -> None:
     async def go() -> None:
         async with await _connect(db_url) as conn:

@@ -5,6 +5,14 @@ the work and :func:`configure_policies` only sets the retention interval. With t
 edition or plain PostgreSQL the service calls :func:`run_maintenance` periodically: it drops
 old data (``drop_chunks`` on hypertables, batched ``DELETE`` on plain tables) and brings
 ``readings_1m`` / ``readings_1h`` up to date, so the same queries work on all three.
+
+A rollup pass costs what it re-reads, so it re-reads only what can have changed since the last one:
+the recent readings (from the watermark less ``late_after``, the slowest gateway clock's offset and a
+margin: readings that arrive on time or a little late) and, for each sensor that received a backfill
+since, the buckets its late readings fall in (the ingest stage's ``reading_backfills`` marks,
+whatever their age). A ``full`` pass (the service's first after it starts) re-reads the last
+:data:`ROLLUP_LOOKBACK` whole, for marks a crash lost before they were written. Re-reading a fixed
+two hours every pass cost up to 360 million rows a pass at 50,000 readings/s.
 """
 
 from __future__ import annotations
@@ -17,8 +25,16 @@ from psycopg import AsyncConnection
 from park.db.migrate import Edition
 from park.site import Retention
 
-# Late readings are still folded into rollups this far back on every run.
+# A full pass (the first after start-up) re-reads this far back.
 ROLLUP_LOOKBACK = timedelta(hours=2)
+# An incremental pass re-reads readings from the watermark less late_after, the slowest gateway
+# clock and this margin (a reading received up to late_after after its time on the gateway's clock is
+# not marked as a backfill), at most ROLLUP_LOOKBACK ...
+LIVE_MARGIN = timedelta(minutes=5)
+# ... and the sensors whose backfill marks were received from the watermark less this (marks are
+# written in bulk a few seconds after their readings' commit; a mark held longer, over a database
+# outage, is older than the watermark only if a pass succeeded meanwhile).
+MARKS_MARGIN = timedelta(minutes=10)
 _DELETE_BATCH = 50_000
 
 
@@ -43,9 +59,13 @@ async def configure_policies(conn: AsyncConnection, edition: Edition, retention:
 
 
 async def run_maintenance(
-    conn: AsyncConnection, edition: Edition, retention: Retention, now: datetime
+    conn: AsyncConnection, edition: Edition, retention: Retention, now: datetime, *,
+    late_after: timedelta = timedelta(minutes=2), full: bool = True,
 ) -> MaintenanceReport:
-    """One pass of retention and rollups; safe to run at any interval, idempotent."""
+    """One pass of retention and rollups; safe to run at any interval, idempotent.
+
+    ``late_after``: the site's ``alarm_management.backfill_after`` (readings later than this are marked
+    as backfills); ``full=False``: re-read only what changed since the last pass (module docstring)."""
     dropped = 0
     rejects = 0
     rolled = 0
@@ -63,22 +83,21 @@ async def run_maintenance(
         async with conn.transaction():
             cur = await conn.execute("SELECT value FROM maintenance_state WHERE key = 'rollup_watermark'")
             row = await cur.fetchone()
-            mark: datetime = row[0] if row else now - ROLLUP_LOOKBACK
-            start = min(mark, now) - ROLLUP_LOOKBACK
+            mark: datetime = min(row[0], now) if row else now - ROLLUP_LOOKBACK
+            if full or not row:
+                start = marks_since = mark - ROLLUP_LOOKBACK
+            else:
+                # a gateway whose clock is slow stamps its live readings that much earlier, unmarked
+                cur = await conn.execute("SELECT coalesce(max(-offset_s), 0) FROM gateway_clocks")
+                slow = timedelta(seconds=max(0.0, float((await cur.fetchone() or [0])[0])))
+                start = mark - min(late_after + LIVE_MARGIN + slow, ROLLUP_LOOKBACK)
+                marks_since = mark - MARKS_MARGIN
             end = now
             for table, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
-                cur = await conn.execute(
-                    f"INSERT INTO {table} (bucket, sensor_id, avg_value, min_value, max_value, n)"
-                    f" SELECT date_bin(INTERVAL '{width}', ts, TIMESTAMPTZ 'epoch') AS b, sensor_id,"
-                    "  avg(value), min(value), max(value), count(*)"
-                    " FROM readings"
-                    f" WHERE quality < 2 AND ts >= date_bin(INTERVAL '{width}', %s::timestamptz, TIMESTAMPTZ 'epoch')"
-                    "   AND ts < %s GROUP BY 1, 2"
-                    " ON CONFLICT (sensor_id, bucket) DO UPDATE SET avg_value = EXCLUDED.avg_value,"
-                    "  min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value, n = EXCLUDED.n",
-                    (start, end),
-                )
-                rolled += cur.rowcount
+                for sql, args in ((_ROLLUP_MARKED, (marks_since, start)),
+                                  (_ROLLUP_RECENT, (start, end))):
+                    cur = await conn.execute(sql.format(table=table, width=width), args)
+                    rolled += cur.rowcount
             await conn.execute(
                 "INSERT INTO maintenance_state (key, value) VALUES ('rollup_watermark', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -87,6 +106,28 @@ async def run_maintenance(
             cutoff_roll = now - retention.readings
             await conn.execute("DELETE FROM readings_1m WHERE bucket < %s", (cutoff_roll,))
     return MaintenanceReport(dropped, rejects, rolled, start, end)
+
+
+_UPSERT = (" GROUP BY 1, 2 ON CONFLICT (sensor_id, bucket) DO UPDATE SET avg_value = EXCLUDED.avg_value,"
+           " min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value, n = EXCLUDED.n")
+# the buckets of the readings from start to end
+_ROLLUP_RECENT = (
+    "INSERT INTO {table} (bucket, sensor_id, avg_value, min_value, max_value, n)"
+    " SELECT date_bin(INTERVAL '{width}', ts, TIMESTAMPTZ 'epoch'), sensor_id, avg(value), min(value), max(value),"
+    " count(*) FROM readings WHERE quality < 2 AND ts >= date_bin(INTERVAL '{width}', %s::timestamptz,"
+    " TIMESTAMPTZ 'epoch') AND ts < %s" + _UPSERT
+)
+# the whole buckets of each sensor's late readings marked since marks_since, older than start (the
+# recent buckets are the other statement's): one span per sensor, from its oldest to its newest mark
+_ROLLUP_MARKED = (
+    "INSERT INTO {table} (bucket, sensor_id, avg_value, min_value, max_value, n)"
+    " SELECT date_bin(INTERVAL '{width}', r.ts, TIMESTAMPTZ 'epoch'), r.sensor_id, avg(r.value), min(r.value),"
+    " max(r.value), count(*) FROM readings r JOIN ("
+    "  SELECT sensor_id, date_bin(INTERVAL '{width}', min(start_ts), TIMESTAMPTZ 'epoch') AS s, max(end_ts) AS e"
+    "  FROM reading_backfills WHERE received_at >= %s GROUP BY sensor_id) m ON r.sensor_id = m.sensor_id"
+    " WHERE r.quality < 2 AND r.ts >= m.s AND r.ts < date_bin(INTERVAL '{width}', m.e, TIMESTAMPTZ 'epoch')"
+    " + INTERVAL '{width}' AND r.ts < date_bin(INTERVAL '{width}', %s::timestamptz, TIMESTAMPTZ 'epoch')" + _UPSERT
+)
 
 
 async def _delete_batched(conn: AsyncConnection, table: str, column: str, cutoff: datetime) -> int:
