@@ -177,14 +177,20 @@ def test_a_later_pass_rereads_the_recent_readings_and_the_marked_backfills_not_t
             # on time; an hour late and unmarked; a day late and marked (the ingest stage marks backfills)
             ninety_ago = NOW - timedelta(minutes=90)
             await store((later - timedelta(minutes=1), 2.0), (hour_ago, 3.0), (ninety_ago, 6.0),
-                        (day_ago, 4.0), (day_ago + timedelta(seconds=10), 5.0))
+                        (day_ago, 4.0), (day_ago + timedelta(seconds=10), 5.0), (day_ago + timedelta(minutes=2), 7.0))
             await conn.execute("INSERT INTO reading_backfills (sensor_id, start_ts, end_ts, received_at, n)"
-                               " VALUES (%s, %s, %s, %s, 2)", (sid, day_ago, day_ago + timedelta(seconds=10), later))
+                               " VALUES (%s, %s, %s, %s, 3)", (sid, day_ago, day_ago + timedelta(minutes=2), later))
             await conn.commit()
             await run_maintenance(conn, edition, keep, later, full=False)
             await conn.commit()
             assert await minute(later - timedelta(minutes=1)) == (1, 2.0)
             assert await minute(day_ago) == (2, 5.0)
+            # the hour from its minutes: the mean weighted by each minute's count
+            cur = await conn.execute("SELECT n, avg_value, max_value FROM readings_1h WHERE sensor_id = %s"
+                                     " AND bucket = %s", (sid, day_ago))
+            n, avg, mx = await cur.fetchone()
+            await conn.commit()
+            assert (n, mx) == (3, 7.0) and avg == pytest.approx((4.0 + 5.0 + 7.0) / 3)
             assert await minute(hour_ago) is None  # not re-read: it is neither recent nor marked
             # a gateway whose clock runs an hour slow stamps its live readings an hour back, unmarked
             await conn.execute("INSERT INTO gateway_clocks (enterprise_code, offset_s, measured_at)"

@@ -93,10 +93,13 @@ async def run_maintenance(
                 start = mark - min(late_after + LIVE_MARGIN + slow, ROLLUP_LOOKBACK)
                 marks_since = mark - MARKS_MARGIN
             end = now
-            for table, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
-                for sql, args in ((_ROLLUP_MARKED, (marks_since, start)),
-                                  (_ROLLUP_RECENT, (start, end))):
-                    cur = await conn.execute(sql.format(table=table, width=width), args)
+            # hours from the minutes just brought up to date, except in a full pass (minutes before its
+            # start may never have been rolled): re-reading an hour of raw readings every pass would
+            # cost what re-reading the fixed two hours did
+            hours = _FROM_READINGS if full or not row else _FROM_MINUTES
+            for table, width, src in (("readings_1m", "1 minute", _FROM_READINGS), ("readings_1h", "1 hour", hours)):
+                for sql, args in ((_ROLLUP_MARKED, (marks_since, start)), (_ROLLUP_RECENT, (start, end))):
+                    cur = await conn.execute(sql.format(table=table, width=width, **src), args)
                     rolled += cur.rowcount
             await conn.execute(
                 "INSERT INTO maintenance_state (key, value) VALUES ('rollup_watermark', %s)"
@@ -110,23 +113,28 @@ async def run_maintenance(
 
 _UPSERT = (" GROUP BY 1, 2 ON CONFLICT (sensor_id, bucket) DO UPDATE SET avg_value = EXCLUDED.avg_value,"
            " min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value, n = EXCLUDED.n")
-# the buckets of the readings from start to end
+# what a bucket is made of: readings, or the minute buckets (exact: the mean weighted by the count)
+_FROM_READINGS = {"src": "readings", "t": "ts", "ok": "r.quality < 2",
+                  "aggs": "avg(r.value), min(r.value), max(r.value), count(*)"}
+_FROM_MINUTES = {"src": "readings_1m", "t": "bucket", "ok": "true",
+                 "aggs": "sum(r.avg_value * r.n) / sum(r.n), min(r.min_value), max(r.max_value), sum(r.n)"}
+# the buckets from start to end
 _ROLLUP_RECENT = (
     "INSERT INTO {table} (bucket, sensor_id, avg_value, min_value, max_value, n)"
-    " SELECT date_bin(INTERVAL '{width}', ts, TIMESTAMPTZ 'epoch'), sensor_id, avg(value), min(value), max(value),"
-    " count(*) FROM readings WHERE quality < 2 AND ts >= date_bin(INTERVAL '{width}', %s::timestamptz,"
-    " TIMESTAMPTZ 'epoch') AND ts < %s" + _UPSERT
+    " SELECT date_bin(INTERVAL '{width}', r.{t}, TIMESTAMPTZ 'epoch'), r.sensor_id, {aggs} FROM {src} r"
+    " WHERE {ok} AND r.{t} >= date_bin(INTERVAL '{width}', %s::timestamptz, TIMESTAMPTZ 'epoch') AND r.{t} < %s"
+    + _UPSERT
 )
 # the whole buckets of each sensor's late readings marked since marks_since, older than start (the
 # recent buckets are the other statement's): one span per sensor, from its oldest to its newest mark
 _ROLLUP_MARKED = (
     "INSERT INTO {table} (bucket, sensor_id, avg_value, min_value, max_value, n)"
-    " SELECT date_bin(INTERVAL '{width}', r.ts, TIMESTAMPTZ 'epoch'), r.sensor_id, avg(r.value), min(r.value),"
-    " max(r.value), count(*) FROM readings r JOIN ("
+    " SELECT date_bin(INTERVAL '{width}', r.{t}, TIMESTAMPTZ 'epoch'), r.sensor_id, {aggs} FROM {src} r JOIN ("
     "  SELECT sensor_id, date_bin(INTERVAL '{width}', min(start_ts), TIMESTAMPTZ 'epoch') AS s, max(end_ts) AS e"
     "  FROM reading_backfills WHERE received_at >= %s GROUP BY sensor_id) m ON r.sensor_id = m.sensor_id"
-    " WHERE r.quality < 2 AND r.ts >= m.s AND r.ts < date_bin(INTERVAL '{width}', m.e, TIMESTAMPTZ 'epoch')"
-    " + INTERVAL '{width}' AND r.ts < date_bin(INTERVAL '{width}', %s::timestamptz, TIMESTAMPTZ 'epoch')" + _UPSERT
+    " WHERE {ok} AND r.{t} >= m.s AND r.{t} < date_bin(INTERVAL '{width}', m.e, TIMESTAMPTZ 'epoch')"
+    " + INTERVAL '{width}' AND r.{t} < date_bin(INTERVAL '{width}', %s::timestamptz, TIMESTAMPTZ 'epoch')"
+    + _UPSERT
 )
 
 
