@@ -132,7 +132,7 @@ async def maintenance_loop(pool: AsyncConnectionPool, edition: Edition, site: Si
         try:
             async with pool.connection() as conn:
                 rep = await run_maintenance(conn, edition, site.retention, clock.now(),
-                                            late_after=site.alarm_management.backfill_after, full=full)
+                                            late_after=site.alarm_management.backfill_after, full=full, pause=1.0)
             full = False
             log.debug("maintenance: %s", rep)
         except Exception as e:  # the database may be down; ingest handles that, upkeep just waits

@@ -194,7 +194,7 @@ def test_a_later_pass_rereads_the_recent_readings_and_the_marked_backfills_not_t
             assert await minute(hour_ago) is None  # not re-read: it is neither recent nor marked
             # a gateway whose clock runs an hour slow stamps its live readings an hour back, unmarked
             await conn.execute("INSERT INTO gateway_clocks (enterprise_code, offset_s, measured_at)"
-                               " VALUES ('E001', -3700, %s)", (later,))
+                               " VALUES ('E001', -3800, %s)", (later,))
             await conn.commit()
             await run_maintenance(conn, edition, keep, later + timedelta(minutes=5), full=False)
             await conn.commit()

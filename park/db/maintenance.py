@@ -17,6 +17,8 @@ two hours every pass cost up to 360 million rows a pass at 50,000 readings/s.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,11 +32,13 @@ ROLLUP_LOOKBACK = timedelta(hours=2)
 # An incremental pass re-reads readings from the watermark less late_after, the slowest gateway
 # clock and this margin (a reading received up to late_after after its time on the gateway's clock is
 # not marked as a backfill), at most ROLLUP_LOOKBACK ...
-LIVE_MARGIN = timedelta(minutes=5)
+LIVE_MARGIN = timedelta(minutes=1)
 # ... and the sensors whose backfill marks were received from the watermark less this (marks are
 # written in bulk a few seconds after their readings' commit; a mark held longer, over a database
 # outage, is older than the watermark only if a pass succeeded meanwhile).
 MARKS_MARGIN = timedelta(minutes=10)
+# The recent readings are rolled up this much at a time.
+SLICE = timedelta(minutes=1)
 _DELETE_BATCH = 50_000
 
 
@@ -60,12 +64,14 @@ async def configure_policies(conn: AsyncConnection, edition: Edition, retention:
 
 async def run_maintenance(
     conn: AsyncConnection, edition: Edition, retention: Retention, now: datetime, *,
-    late_after: timedelta = timedelta(minutes=2), full: bool = True,
+    late_after: timedelta = timedelta(minutes=2), full: bool = True, pause: float = 0.0,
 ) -> MaintenanceReport:
     """One pass of retention and rollups; safe to run at any interval, idempotent.
 
     ``late_after``: the site's ``alarm_management.backfill_after`` (readings later than this are marked
-    as backfills); ``full=False``: re-read only what changed since the last pass (module docstring)."""
+    as backfills); ``full=False``: re-read only what changed since the last pass (module docstring);
+    ``pause``: rest this many times as long as each minute's rollup took before the next (the service
+    rests as long as it worked, so a pass never holds a core of the database for long)."""
     dropped = 0
     rejects = 0
     rolled = 0
@@ -92,22 +98,35 @@ async def run_maintenance(
                 slow = timedelta(seconds=max(0.0, float((await cur.fetchone() or [0])[0])))
                 start = mark - min(late_after + LIVE_MARGIN + slow, ROLLUP_LOOKBACK)
                 marks_since = mark - MARKS_MARGIN
-            end = now
-            # hours from the minutes just brought up to date, except in a full pass (minutes before its
-            # start may never have been rolled): re-reading an hour of raw readings every pass would
-            # cost what re-reading the fixed two hours did
-            hours = _FROM_READINGS if full or not row else _FROM_MINUTES
-            for table, width, src in (("readings_1m", "1 minute", _FROM_READINGS), ("readings_1h", "1 hour", hours)):
-                for sql, args in ((_ROLLUP_MARKED, (marks_since, start)), (_ROLLUP_RECENT, (start, end))):
-                    cur = await conn.execute(sql.format(table=table, width=width, **src), args)
+        end = now
+        # hours from the minutes just brought up to date, except in a full pass (minutes before its
+        # start may never have been rolled): re-reading an hour of raw readings every pass would
+        # cost what re-reading the fixed two hours did
+        hours = _FROM_READINGS if full or not row else _FROM_MINUTES
+        for table, width, src, step in (("readings_1m", "1 minute", _FROM_READINGS, SLICE),
+                                        ("readings_1h", "1 hour", hours, None)):
+            async with conn.transaction():
+                cur = await conn.execute(_ROLLUP_MARKED.format(table=table, width=width, **src), (marks_since, start))
+                rolled += cur.rowcount
+            # the recent buckets a slice at a time, each in a transaction of its own (upserts: a pass cut
+            # short is done again whole by the next), resting ``pause`` × as long as a slice took
+            a = start
+            while a < end:
+                b = min(a + step, end) if step else end
+                t0 = time.monotonic()
+                async with conn.transaction():
+                    cur = await conn.execute(_ROLLUP_RECENT.format(table=table, width=width, **src), (a, b))
                     rolled += cur.rowcount
+                if pause and b < end:
+                    await asyncio.sleep((time.monotonic() - t0) * pause)
+                a = b
+        async with conn.transaction():
             await conn.execute(
                 "INSERT INTO maintenance_state (key, value) VALUES ('rollup_watermark', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (end,),
             )
-            cutoff_roll = now - retention.readings
-            await conn.execute("DELETE FROM readings_1m WHERE bucket < %s", (cutoff_roll,))
+            await conn.execute("DELETE FROM readings_1m WHERE bucket < %s", (now - retention.readings,))
     return MaintenanceReport(dropped, rejects, rolled, start, end)
 
 
