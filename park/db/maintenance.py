@@ -90,7 +90,8 @@ async def run_maintenance(
             cur = await conn.execute("SELECT value FROM maintenance_state WHERE key = 'rollup_watermark'")
             row = await cur.fetchone()
             mark: datetime = min(row[0], now) if row else now - ROLLUP_LOOKBACK
-            if full or not row:
+            whole = full or not row
+            if whole:
                 start = marks_since = mark - ROLLUP_LOOKBACK
             else:
                 # a gateway whose clock is slow stamps its live readings that much earlier, unmarked
@@ -99,27 +100,12 @@ async def run_maintenance(
                 start = mark - min(late_after + LIVE_MARGIN + slow, ROLLUP_LOOKBACK)
                 marks_since = mark - MARKS_MARGIN
         end = now
-        # hours from the minutes just brought up to date, except in a full pass (minutes before its
+        # hours from the minutes just brought up to date, except in a whole pass (minutes before its
         # start may never have been rolled): re-reading an hour of raw readings every pass would
         # cost what re-reading the fixed two hours did
-        hours = _FROM_READINGS if full or not row else _FROM_MINUTES
-        for table, width, src, step in (("readings_1m", "1 minute", _FROM_READINGS, SLICE),
-                                        ("readings_1h", "1 hour", hours, None)):
-            async with conn.transaction():
-                cur = await conn.execute(_ROLLUP_MARKED.format(table=table, width=width, **src), (marks_since, start))
-                rolled += cur.rowcount
-            # the recent buckets a slice at a time, each in a transaction of its own (upserts: a pass cut
-            # short is done again whole by the next), resting ``pause`` × as long as a slice took
-            a = start
-            while a < end:
-                b = min(a + step, end) if step else end
-                t0 = time.monotonic()
-                async with conn.transaction():
-                    cur = await conn.execute(_ROLLUP_RECENT.format(table=table, width=width, **src), (a, b))
-                    rolled += cur.rowcount
-                if pause and b < end:
-                    await asyncio.sleep((time.monotonic() - t0) * pause)
-                a = b
+        rolled += await _roll_up(conn, "readings_1m", "1 minute", _FROM_READINGS, marks_since, start, end, SLICE, pause)
+        rolled += await _roll_up(conn, "readings_1h", "1 hour", _FROM_READINGS if whole else _FROM_MINUTES,
+                                 marks_since, start, end, None, pause)
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO maintenance_state (key, value) VALUES ('rollup_watermark', %s)"
@@ -128,6 +114,27 @@ async def run_maintenance(
             )
             await conn.execute("DELETE FROM readings_1m WHERE bucket < %s", (now - retention.readings,))
     return MaintenanceReport(dropped, rejects, rolled, start, end)
+
+
+async def _roll_up(conn: AsyncConnection, table: str, width: str, src: dict[str, str], marks_since: datetime,
+                   start: datetime, end: datetime, step: timedelta | None, pause: float) -> int:
+    """The marked buckets older than ``start``, then the recent ones a ``step`` at a time (one statement
+    when None), each in a transaction of its own (upserts: a pass cut short is done again whole by the
+    next), resting ``pause`` × as long as a step took. The rows written."""
+    async with conn.transaction():
+        cur = await conn.execute(_ROLLUP_MARKED.format(table=table, width=width, **src), (marks_since, start))
+        rolled = cur.rowcount
+    a = start
+    while a < end:
+        b = min(a + step, end) if step else end
+        t0 = time.monotonic()
+        async with conn.transaction():
+            cur = await conn.execute(_ROLLUP_RECENT.format(table=table, width=width, **src), (a, b))
+            rolled += cur.rowcount
+        if pause and b < end:
+            await asyncio.sleep((time.monotonic() - t0) * pause)
+        a = b
+    return rolled
 
 
 _UPSERT = (" GROUP BY 1, 2 ON CONFLICT (sensor_id, bucket) DO UPDATE SET avg_value = EXCLUDED.avg_value,"
