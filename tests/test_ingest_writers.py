@@ -7,9 +7,12 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 
 from ingest.transport import Message
+from ingest.writer import write_readings
+from park.types import ReadingBatch
 from tests.ingest_helpers import TAGS, Publisher, prepare, running_ingest, settings_for, until, wait_rows
 
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)  # one chunk holds T0 … T0+1h
@@ -104,3 +107,31 @@ def test_overlapping_writers_and_redelivered_duplicates_store_each_reading_once(
             assert await cur.fetchone() == (n * len(TAGS), n * len(TAGS))
 
     asyncio.run(go())
+
+
+def test_a_reading_twice_in_one_batch_is_stored_once_by_a_second_copy_the_first_arrival_kept(
+        db_url: str) -> None:
+    """Two messages merged into one batch carry one detector's reading at one instant (a red reading
+    and the detector's periodic report): the COPY meets the duplicate key, the batch goes again by
+    COPY with each reading once (not through the slower staging table), the first arrival kept. A
+    batch that meets a reading already stored still goes through the staging table."""
+    asyncio.run(prepare(db_url))
+    ts = int(T0.timestamp() * 1_000_000)
+    with psycopg.connect(db_url) as conn:
+        sids = [r[0] for r in conn.execute("SELECT id FROM sensors ORDER BY id LIMIT 3").fetchall()]
+        # sensor 0 at ts comes twice (60 first, then 0), sensor 1 at ts and ts+1 s, sensor 2 once
+        rows = [(sids[0], ts, 60.0), (sids[1], ts, 1.0), (sids[0], ts, 0.0), (sids[2], ts, 2.0),
+                (sids[1], ts + 1_000_000, 3.0)]
+        batch = ReadingBatch(np.array([r[0] for r in rows], np.int32), np.array([r[1] for r in rows], np.int64),
+                             np.array([r[2] for r in rows], np.float64), np.zeros(len(rows), np.int8))
+        with conn.transaction():
+            assert write_readings(conn, batch) == (4, True)
+        stage = "SELECT to_regclass('pg_temp._readings_stage') IS NOT NULL"
+        assert conn.execute(stage).fetchone() == (False,), "went through the staging table"
+        got = conn.execute("SELECT sensor_id, extract(epoch FROM ts)::bigint, value FROM readings"
+                           " ORDER BY 1, 2").fetchall()
+        assert got == sorted([(s, t // 1_000_000, v) for s, t, v in rows if v != 0.0]), "the first arrival kept"
+        with conn.transaction():  # readings already stored: nothing new, by the staging table
+            assert write_readings(conn, batch) == (0, True)
+        assert conn.execute(stage).fetchone() == (True,)
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (4,)

@@ -18,7 +18,8 @@ leaks, overfills, runaway temperatures, a gateway dropping off, chattering …).
   in memory, by design, until someone does).
 
 Every 10 s it samples the service's resident memory and ``hazardwatch_ingest_lag_seconds`` (now
-minus the newest reading of the last batch decoded), written to ``--samples`` as they come. At the
+minus the newest reading of the last batch decoded), written to ``--samples`` as they come, and each
+timed alarm's reading → first SMS to ``--latencies`` at the end. At the
 end it prints memory growth (second tenth of the run against the last tenth), lag (median, p99, max),
 the timed alarms notified and missing (a missing SMS is a failure), p99 reading → first SMS, and
 every alarm the run raised with whether a notification for it was sent. A script with figures, not a test.
@@ -132,7 +133,7 @@ class DutyRoom:
 
 def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: float,
         service_log: str = "sustained-service.log", clear_after: float = 10.0, ack_after: float = 30.0,
-        samples_file: str = "sustained-samples.tsv") -> int:
+        samples_file: str = "sustained-samples.tsv", latency_file: str = "sustained-latency.tsv") -> int:
     seconds = minutes * 60
     triggers = int(seconds / EVERY)
     sms = SmsStandIn()
@@ -258,6 +259,11 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
             incidents = [json.loads(x) for x in Path(truth).read_text(encoding="utf-8").splitlines()] \
                 if Path(truth).exists() else []
         lat = np.array([(sms.arrivals[k] - t) * 1000 for k, t in sent.items() if k in sms.arrivals])
+        with open(latency_file, "w", encoding="utf-8") as f:  # which alarms were slow, and when
+            f.write("seconds\talarm\tms\n")
+            for k, t in sent.items():
+                ms = f"{(sms.arrivals[k] - t) * 1000:.0f}" if k in sms.arrivals else "missing"
+                f.write(f"{t - t0:.1f}\t{k}\t{ms}\n")
         missing = len(sent) - len(lat)
         print()
         if len(samples) >= 6:
@@ -314,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the service's own log is written (to read after the run)")
     ap.add_argument("--samples", default="sustained-samples.tsv",
                     help="where the memory and lag samples are written (seconds, RSS MB, lag s)")
+    ap.add_argument("--latencies", default="sustained-latency.tsv",
+                    help="where each timed alarm's reading → first SMS is written (seconds, alarm, ms)")
     ap.add_argument("--scenario-every", type=float, default=120.0, help="seconds between simulator scenarios")
     ap.add_argument("--clear-after", type=float, default=10.0,
                     help="seconds after a timed alarm's red reading that its detector reads 0 again")
@@ -321,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds after its SMS that a timed alarm is acknowledged by its link (0: never)")
     a = ap.parse_args(argv)
     return run(a.mqtt_url, a.db_admin_url, a.minutes, a.load, a.scenario_every, a.service_log, a.clear_after,
-               a.ack_after, a.samples)
+               a.ack_after, a.samples, a.latencies)
 
 
 if __name__ == "__main__":
