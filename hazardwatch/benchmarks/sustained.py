@@ -4,7 +4,8 @@ for a long while, with the simulator's incidents mixed in (issue 16's sustained 
 The service runs as its own process (``hazardwatch run``, flood handling on as shipped) on a site
 made of two parks: the load park (200 enterprises × 50 combustible detectors, plus toxic
 detectors whose contacts get SMS) and the simulator's demo park (12 enterprises, every scenario:
-leaks, overfills, runaway temperatures, a gateway dropping off, chattering …). Three publishers:
+leaks, overfills, runaway temperatures, a gateway dropping off, chattering …). Three publishers
+(the first two, standing for the parks' gateways, at ``nice 10`` as in ``bench latency``):
 
 - the background load: 50-point gateway batches at ``--load`` readings/s, stamped at publish time;
 - the simulator (``simulators.publish.simulate``) at real time, a scenario every ``--scenario-every``;
@@ -81,6 +82,7 @@ def sustained_site(sms_port: int, triggers: int) -> str:
 
 
 def _simulate(url: str, prefix: str, every_s: float, truth: str) -> None:
+    os.nice(10)  # the demo park's gateways: other machines (as the load's, below)
     from park.model import Park
     from park.sitefile import parse_site
     from simulators.park import site_yaml as demo_yaml
@@ -97,6 +99,9 @@ def _simulate(url: str, prefix: str, every_s: float, truth: str) -> None:
 
 
 def _load(url: str, prefix: str, spec: LoadSpec) -> None:
+    """At a lower CPU priority, as in ``bench latency``: the publisher stands for the park's gateways,
+    other machines; here it would take a third of a core from the service, the broker and the database."""
+    os.nice(10)
     publish(url, prefix, spec)
 
 
