@@ -15,7 +15,8 @@ class IngestMetrics:
         self.stored = Counter("hazardwatch_ingest_readings_stored_total", "new rows written to readings",
                               registry=registry)
         self.duplicates = Counter("hazardwatch_ingest_duplicate_readings_total",
-                                  "readings already stored (redelivery, re-send)", registry=registry)
+                                  "readings already stored or twice in one write (redelivery, re-send)",
+                                  registry=registry)
         self.rejected = Counter("hazardwatch_ingest_rejected_total", "messages or points rejected, by reason",
                                 ["reason"], registry=registry)
         for r in RejectReason:

@@ -266,9 +266,9 @@ def run(mqtt_url: str, admin: str, minutes: float, load: float, scenario_every: 
         lat = np.array([(sms.arrivals[k] - t) * 1000 for k, t in sent.items() if k in sms.arrivals])
         with open(latency_file, "w", encoding="utf-8") as f:  # which alarms were slow, and when
             f.write("seconds\talarm\tms\n")
-            for k, t in sent.items():
-                ms = f"{(sms.arrivals[k] - t) * 1000:.0f}" if k in sms.arrivals else "missing"
-                f.write(f"{t - t0:.1f}\t{k}\t{ms}\n")
+            for key, at in sent.items():
+                ms = f"{(sms.arrivals[key] - at) * 1000:.0f}" if key in sms.arrivals else "missing"
+                f.write(f"{at - t0:.1f}\t{key}\t{ms}\n")
         missing = len(sent) - len(lat)
         print()
         if len(samples) >= 6:
