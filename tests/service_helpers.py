@@ -70,7 +70,7 @@ async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                           clock: FakeClock) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient]]:
     data_dir = tempfile.mkdtemp(prefix="hw-data-")
     # One instance, whose stages the test holds (the handle of the first term): the lease is the HA
-    # tests' subject. With the default 10 s, a CI machine starved for ~5 s (Chromium starting) once
+X
     # made the renewal late; the instance stepped down, led again with new stages, and the test
     # looked at the old ones.
     settings = service_settings(site, db_url, mqtt_url, prefix, data_dir, lease_ttl="60s")

@@ -117,7 +117,21 @@ def test_each_scenario_through_the_real_broker_and_database(make_database, mqtt_
                     await orders.pop()
                 clock.set(t)
 
+            drops = [0]
+
+            def offline_taken_in() -> float:
+                return h.registry.get_sample_value("hazardwatch_ingest_gateway_status_total",
+                                                   {"online": "false"}) or 0.0
+
             def stop_ordered(inc: object) -> None:
+                if getattr(inc, "scenario", "") == "gateway_offline":
+                    # the broker sends the dropped gateway's Last Will on its own time, not the clock's: at
+                    # 400 × a late one would shorten the outage the rules see; the clock waits for it
+                    drops[0] += 1
+                    n = drops[0]
+                    orders.append(asyncio.get_running_loop().create_task(until(
+                        _none, lambda _: offline_taken_in() >= n, "the dropped gateway's Last Will taken in",
+                        every=0.005)))
                 if getattr(inc, "scenario", "") == "production_during_stop":
                     from park.site import EnterpriseState
                     orders.append(asyncio.get_running_loop().create_task(
