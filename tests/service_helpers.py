@@ -70,9 +70,9 @@ async def running_service(site: Site, db_url: str, mqtt_url: str, prefix: str,
                           clock: FakeClock) -> AsyncIterator[tuple[ServiceHandle, httpx.AsyncClient]]:
     data_dir = tempfile.mkdtemp(prefix="hw-data-")
     # One instance, whose stages the test holds (the handle of the first term): the lease is the HA
-X
-    # made the renewal late; the instance stepped down, led again with new stages, and the test
-    # looked at the old ones.
+    # tests' subject. With the default 10 s, a renewal once came later than the ~4.7 s it may (on a
+    # loaded CI machine, most likely as Chromium started); the instance stepped down, led again with
+    # new stages, and the test looked at the old ones.
     settings = service_settings(site, db_url, mqtt_url, prefix, data_dir, lease_ttl="60s")
     try:
         async with launched(lambda on_ready: run_service(settings, site, clock=clock, registry=CollectorRegistry(),
