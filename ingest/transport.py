@@ -43,6 +43,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -144,6 +145,9 @@ def _system_now_us() -> int:
     return time.time_ns() // 1000
 
 
+_PUBACK = 0x4002 << 16  # a PUBACK's first two bytes, above its packet id in one big-endian 32-bit word
+
+
 class _Client(mqtt.Client):
     """paho, with its socket made beforehand (:attr:`prepared`) and its reads buffered.
 
@@ -155,8 +159,9 @@ class _Client(mqtt.Client):
     drained: bool = False
     _rbuf: bytes = b""
     _rpos: int = 0
-    # (topic, payload, packet id, QoS) of each QoS 0/1 PUBLISH, instead of paho's on_message
-    on_publish_packet: Callable[[bytes, bytes, int, int], None] | None = None
+    # (topic, payload, packet id, QoS) of each QoS 0/1 PUBLISH, instead of paho's on_message; returns
+    # whether reading is paused (the packets after it are left in the buffer)
+    on_publish_packet: Callable[[bytes, bytes, int, int], bool] | None = None
 
     def _create_socket(self) -> Any:
         sock, self.prepared = self.prepared, None
@@ -181,6 +186,59 @@ class _Client(mqtt.Client):
         self._rpos = end
         return buf[pos:end]
 
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        """Every whole QoS 0/1 PUBLISH packet already in the read buffer, parsed straight from it
+        (:meth:`_publishes`); anything else — another kind of packet, one cut by the end of the
+        buffer, an empty buffer to refill — is read by paho, a byte at a time from the same buffer."""
+        if self._rpos < len(self._rbuf) and self._in_packet["command"] == 0 \
+                and self.on_publish_packet is not None and self._protocol == mqtt.MQTTv311 and self._publishes():
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._packet_read()
+
+    def _publishes(self) -> int:
+        """Hand over the whole QoS 0/1 PUBLISH packets at the head of the buffer (as
+        :meth:`_handle_publish` does, packet by packet); stop at the first that is not one, or not
+        whole, or not well formed, and leave it to paho. Returns how many were handed over."""
+        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+        handler = self.on_publish_packet
+        assert handler is not None
+        n = 0
+        while pos < end:
+            command = buf[pos]
+            qos = (command & 0x06) >> 1
+            if command & 0xF0 != 0x30 or qos == 2:
+                break
+            i, length, shift = pos + 1, 0, 0
+            while i < end and shift <= 21:  # the remaining length: at most 4 bytes, 7 bits each
+                b = buf[i]
+                i += 1
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            else:
+                break  # cut by the end of the buffer, or longer than 4 bytes: paho's to read or refuse
+            stop = i + length
+            if stop > end or length < 2:
+                break
+            t = (buf[i] << 8) | buf[i + 1]
+            start = i + 2 + t + (2 if qos else 0)
+            if start > stop:
+                break
+            mid = (buf[start - 2] << 8) | buf[start - 1] if qos else 0
+            topic, payload = buf[i + 2:i + 2 + t], buf[start:stop]
+            pos = stop
+            self._rpos = pos
+            n += 1
+            try:
+                if handler(topic, payload, mid, qos):
+                    break  # reading paused: the broker keeps the rest until we settle
+            except Exception:  # as paho does with suppress_exceptions: say so, and the session goes on
+                log.exception("handling a PUBLISH packet failed")
+        return n
+
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         """A PUBLISH packet: QoS 0 and 1 of MQTT 3.1.1 parsed here (fixed header flags, a two-byte topic
         length, the topic, a packet id for QoS 1, the payload) and handed to :attr:`on_publish_packet`;
@@ -203,6 +261,12 @@ class _Client(mqtt.Client):
         except Exception:  # as paho does with suppress_exceptions: say so, and the session goes on
             log.exception("handling a PUBLISH packet failed")
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_qos1(self, mids: list[int]) -> None:
+        """PUBACKs (MQTT 3.1.1: 0x40, remaining length 2, the packet id) for ``mids``, queued as one
+        write: one ``send`` for a whole commit's messages, where paho's ``ack`` sends each alone."""
+        if mids:
+            self._packet_queue(mqtt.PUBACK, struct.pack(f"!{len(mids)}I", *[_PUBACK | m for m in mids]), 0, 1)
 
     def _easy_log(self, level: mqtt.LogLevel, fmt: str, *args: Any) -> None:
         """paho's log line, skipped (not formatted) when it is a debug line nobody would see."""
@@ -319,13 +383,20 @@ class MqttTransport:
         client = self._client
         live = client is not None and client.socket() is not None and self.connected
         session = self.session
-        acked = n = nbytes = 0
+        n = nbytes = other = 0
+        mids: list[int] = []
         for m in messages:
             n += 1
             nbytes += len(m[1])
             if m[3] and live and m[5] == session:
-                client.ack(m[2], m[3])  # type: ignore[union-attr]
-                acked += 1
+                if m[3] == 1:
+                    mids.append(m[2])
+                else:
+                    client.ack(m[2], m[3])  # type: ignore[union-attr]
+                    other += 1
+        acked = len(mids) + other
+        if mids:
+            client.ack_qos1(mids)  # type: ignore[union-attr]
         self._held -= n
         self._held_bytes -= nbytes
         if self._on_settled is not None:
@@ -341,11 +412,12 @@ class MqttTransport:
         """What paho still delivers itself (QoS 2): as :meth:`_on_publish`."""
         self._on_publish(msg._topic, bytes(msg.payload), msg.mid, msg.qos)
 
-    def _on_publish(self, raw_topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+    def _on_publish(self, raw_topic: bytes, payload: bytes, mid: int, qos: int) -> bool:
+        """Into the inbox; returns whether reading is paused."""
         if qos == 0:
             if self._qos0 >= self.qos0_limit:
                 self.metrics.qos0_dropped.inc()
-                return
+                return self._paused
             self._qos0 += 1
         try:
             topic = raw_topic.decode("utf-8")
@@ -357,6 +429,7 @@ class MqttTransport:
         if self._held >= self.max_held or self._held_bytes >= self.max_held_bytes:
             self._pause()
         self.wake.set()
+        return self._paused
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason: mqtt.ReasonCode, properties: object) -> None:

@@ -10,12 +10,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from ingest.metrics import IngestMetrics
-from ingest.transport import STAGE, MqttTransport
+from ingest.transport import STAGE, MqttTransport, _Client
 from park.health import Health
 from park.settings import MqttTarget
 from tests.ingest_helpers import TAGS, PrivateBroker, Publisher, prepare, running_ingest, settings_for, until, wait_rows
@@ -165,17 +166,21 @@ def test_every_publish_reaches_the_inbox_as_sent_and_is_acknowledged_once_settle
             await asyncio.wait_for(t.subscribed.wait(), 20)
             pub = Publisher(mqtt_url)
             try:
-                for tp, payload, qos in sent:
+                for tp, payload, qos in sent:  # one by one: each packet is the first of its read
                     pub.client.publish(tp, payload, qos=qos).wait_for_publish(10)
+                infos = [pub.client.publish(tp, payload, qos=qos) for tp, payload, qos in sent * 50]
+                for info in infos:  # back to back: most packets come whole within a read, some cut by its end
+                    info.wait_for_publish(10)
             finally:
                 pub.close()
-            await until(lambda: len(t.inbox) == len(sent), what="every message")
+            every = sent * 51
+            await until(lambda: len(t.inbox) == len(every), what="every message")
             got = list(t.inbox)
-            assert [(m[0], m[1], m[3]) for m in got] == sent
+            assert [(m[0], m[1], m[3]) for m in got] == every
             mids = [m[2] for m in got if m[3] == 1]
-            assert len(set(mids)) == 4 and all(0 < mid < 65536 for mid in mids)
+            assert len(set(mids)) == len(mids) == 4 * 51 and all(0 < mid < 65536 for mid in mids)
             assert all(m[2] == 0 for m in got if m[3] == 0)
-            assert t.settle(t.take(len(sent))) == 4  # the QoS 1 ones
+            assert t.settle(t.take(len(every))) == 4 * 51  # the QoS 1 ones, in one write
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,3 +204,45 @@ def test_every_publish_reaches_the_inbox_as_sent_and_is_acknowledged_once_settle
                 await task
 
     asyncio.run(go())
+
+
+def _publish_packet(topic: bytes, payload: bytes, mid: int, qos: int) -> bytes:
+    """A PUBLISH packet as MQTT 3.1.1 lays it out, the remaining length in as many bytes as it needs."""
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
+    n, length = len(body), b""
+    while True:
+        n, b = divmod(n, 128)
+        length += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return bytes([0x30 | qos << 1]) + length + body
+
+
+def test_publish_packets_are_parsed_whole_from_the_buffer_and_the_rest_left_to_paho() -> None:
+    """The read buffer's whole QoS 0/1 PUBLISH packets are handed over in one go, remaining lengths
+    of one to three bytes; parsing stops, leaving the rest for paho's reader, at a packet of another
+    kind, a QoS 2 one, one cut by the end of the buffer, a malformed one, and when reading pauses."""
+    client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id="parse", manual_ack=True)
+    got: list[tuple[bytes, bytes, int, int]] = []
+    pause_after: list[int] = []
+    client.on_publish_packet = lambda *m: got.append(m) or len(got) in pause_after  # type: ignore[func-returns-value]
+    whole = [(b"hw/v1/E1/data", b"x" * 100, 7, 1), (b"hw/v1/\xe4\xbc\x81/p", b"", 0, 0),
+             (b"t", bytes(range(256)) * 80, 65535, 1), (b"t/2", b"\x30\x02ab", 0, 0)]  # 2 and 3 length bytes
+    packets = b"".join(_publish_packet(*m) for m in whole)
+
+    def parse(rest: bytes) -> int:
+        got.clear()
+        client._rbuf, client._rpos = packets + rest, 0
+        assert client._publishes() == len(got)
+        return client._rpos
+
+    for rest in (b"", b"\xd0\x00",  # PINGRESP
+                 _publish_packet(b"q2", b"v", 9, 2),  # QoS 2: paho's
+                 _publish_packet(b"cut", b"y" * 300, 3, 1)[:-1],  # not whole yet
+                 _publish_packet(b"cut", b"y" * 300, 3, 1)[:2],  # its length not whole yet
+                 b"\x32\xff\xff\xff\xff\x01",  # a remaining length of five bytes: paho refuses it
+                 b"\x32\x03\x00\x05a"):  # topic longer than the packet
+        assert parse(rest) == len(packets), rest[:8]
+        assert got == whole
+    pause_after.append(2)
+    assert parse(b"") == len(_publish_packet(*whole[0])) + len(_publish_packet(*whole[1]))
+    assert got == whole[:2]
