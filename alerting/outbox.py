@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from alerting.channels.base import Channel, OutMessage
@@ -269,6 +269,7 @@ async def upsert_local(conn: AsyncConnection, m: LocalMessage) -> None:
 
 class Store(Protocol):
     async def enqueue(self, rows: Sequence[Row]) -> None: ...
+    async def enqueue_and_claim(self, rows: Sequence[Row], now: datetime, limit: int) -> list[Claimed]: ...
     async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]: ...
     async def record(self, c: Claimed, now: datetime, d: Decision, extra: Sequence[Row]) -> None: ...
     async def overdue(self, now: datetime, after: timedelta) -> list[Overdue]: ...
@@ -362,13 +363,34 @@ class PgOutbox:
             cur = await conn.execute("UPDATE outbox SET status = 'pending', claimed_at = NULL WHERE status = 'sending'")
             return cur.rowcount
 
+    async def enqueue_and_claim(self, rows: Sequence[Row], now: datetime, limit: int) -> list[Claimed]:
+        """:meth:`enqueue`, then :meth:`claim` in the same transaction and round trip: a new alarm's
+        first notice is claimed as it is planned, not one commit later."""
+        mark = self.unclaimed.mark()
+        async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
+            await enqueue(conn, rows)
+            cur = await self._claim(conn, now, limit)
+        got = await cur.fetchall()
+        self.unclaimed.add(rows)  # after the mark: a row of these not returned stays owed until a claim says
+        return self._claimed(got, now, mark, limit)
+
     async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
         mark = self.unclaimed.mark()
         # the tidy-up and the claim in one round trip (rows read after it)
         async with self.pool.connection(timeout=self.timeout) as conn, one_round_trip(conn):
             if time.monotonic() - self._tidied >= TIDY_EVERY:
                 await self._tidy(conn, now)
-            cur = await conn.execute(
+            cur = await self._claim(conn, now, limit)
+        return self._claimed(await cur.fetchall(), now, mark, limit)
+
+    def _claimed(self, rows: list[tuple[Any, ...]], now: datetime, mark: int, limit: int) -> list[Claimed]:
+        claimed = [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
+        self.unclaimed.claimed(claimed, now, mark, complete=len(claimed) < limit)
+        return claimed
+
+    @staticmethod
+    async def _claim(conn: AsyncConnection, now: datetime, limit: int) -> AsyncCursor[Any]:
+        return await conn.execute(
                 "UPDATE outbox o SET status = 'sending', attempts = attempts + 1, claimed_at = %s WHERE id IN ("
                 " SELECT id FROM outbox p WHERE status = 'pending' AND due_at <= %s"
                 # never a later step or reminder of an acknowledged alarm, tidied or not
@@ -383,10 +405,6 @@ class PgOutbox:
                 "  FROM alarms a WHERE a.id = o.alarm_id), true)",
                 (now, now, limit),
             )
-        rows = await cur.fetchall()
-        claimed = [Claimed(*r) for r in sorted(rows, key=lambda r: r[0])]
-        self.unclaimed.claimed(claimed, now, mark, complete=len(claimed) < limit)
-        return claimed
 
     async def _tidy(self, conn: AsyncConnection, now: datetime) -> None:
         # an acknowledgement stops later steps and reminders, even those already planned (enqueue
@@ -467,6 +485,11 @@ class LocalOutbox:
         for r in rows:
             if self.journal.put_message(r.key, r.doc(), r.due_at) and r.status != "pending":
                 self.journal.update_message(r.key, status=r.status)
+
+    async def enqueue_and_claim(self, rows: Sequence[Row], now: datetime, limit: int) -> list[Claimed]:
+        """Only :meth:`enqueue`: the journal's messages are claimed by the sender's own look."""
+        await self.enqueue(rows)
+        return []
 
     async def claim(self, now: datetime, limit: int = 50) -> list[Claimed]:
         out = []

@@ -11,12 +11,13 @@ the journal into the database when it returns.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -120,6 +121,9 @@ class AlertingService:
         self.worker = OutboxWorker(channels or {}, park, self.metrics, redact)
         self._channels = channels
         self._wake = asyncio.Event()
+        self._handed: collections.deque[Claimed] = collections.deque()  # claimed as planned: to send now
+        self._sending = 0  # messages out (the sender's count)
+        self._reserved = 0  # room a planning write may claim into while it runs
         self._last_flood_summary: datetime | None = None
         self._last_overdue: datetime | None = None
         self._last_overdue_real = -1e9
@@ -180,20 +184,26 @@ class AlertingService:
 
         def done(t: asyncio.Task[str]) -> None:
             sending.discard(t)
+            self._sending = len(sending)
             if more:
                 self._wake.set()
 
+        def send(claimed: Iterable[Claimed]) -> None:
+            for c in claimed:
+                task = tg.create_task(self.deliver(c, self.clock.now()), name=f"alerting-send-{c.key}")
+                sending.add(task)
+                task.add_done_callback(done)
+            self._sending = len(sending)
+
         async with asyncio.TaskGroup() as tg:  # a delivery's error (NotLeading) ends the stage, as before
             while True:
-                room = IN_FLIGHT - len(sending)
                 self._wake.clear()
+                send(self._take_handed())  # claimed by the planning write itself
+                room = IN_FLIGHT - len(sending) - self._reserved
                 if room > 0:
                     claimed = await self.claim(self.clock.now(), room)
                     more = len(claimed) >= room
-                    for c in claimed:
-                        task = tg.create_task(self.deliver(c, self.clock.now()), name=f"alerting-send-{c.key}")
-                        sending.add(task)
-                        task.add_done_callback(done)
+                    send(claimed)
                     if claimed and not more:
                         continue  # look once more at once: what was planned while this claim ran
                 try:
@@ -282,11 +292,28 @@ class AlertingService:
             rows.append(Row.of(p, payload, "held" if held else "pending"))
         return rows
 
+    def _take_handed(self) -> list[Claimed]:
+        out = list(self._handed)
+        self._handed.clear()
+        return out
+
     async def _plan(self, planned: list[Planned]) -> None:
+        """Write the plan; what of it is due now is claimed by the same write (one commit, not two,
+        before a new alarm's first notice goes out) as far as the sender has room, and handed to it."""
         if not planned:
             return
         rows = self._rows(planned)
-        await self._store_do("planning", lambda s: s.enqueue(rows))
+        now = self.clock.now()
+        room = IN_FLIGHT - self._sending - len(self._handed) - self._reserved
+        if room > 0 and any(r.status == "pending" and r.due_at <= now for r in rows):
+            self._reserved += room
+            try:
+                claimed = await self._store_do("planning", lambda s: s.enqueue_and_claim(rows, now, room))
+            finally:
+                self._reserved -= room
+            self._handed.extend(claimed)
+        else:
+            await self._store_do("planning", lambda s: s.enqueue(rows))
         for p in planned:
             self.metrics.planned.labels(p.channel, p.step.split("-")[0]).inc()
         self._wake.set()

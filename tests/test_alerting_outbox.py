@@ -237,6 +237,54 @@ def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_ha
         hook.close()
 
 
+def test_a_first_notice_is_claimed_by_the_write_that_plans_it_while_the_sender_has_room(db_url: str) -> None:
+    """A new alarm's first notice goes out one commit after it is planned, not two: the planning
+    write claims what of it is due (the sender is handed it); a step due later stays pending; with
+    the sender full, the plan is only written and the sender's own claim takes it."""
+    from alerting.service import IN_FLIGHT
+
+    sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)
+    site = parse_site(site_text(sms.url, hook.url), environ={})
+
+    async def go() -> None:
+        async with open_pool(db_url, min_size=1, max_size=3) as pool:
+            async with pool.connection() as conn:
+                await migrate(conn)
+                park = await sync_registry(conn, site)
+                for i in (1, 2):
+                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'orange', 'active_unacked', %s)",
+                                       (i, f"k{i}", T0))
+            settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
+            svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
+                                  registry=CollectorRegistry(), channels={})
+
+            async def rows() -> list[tuple[int, str, str, int]]:
+                async with pool.connection() as conn:
+                    cur = await conn.execute("SELECT alarm_id, step, status, attempts FROM outbox"
+                                             " WHERE channel = 'sms' ORDER BY id")
+                    return await cur.fetchall()
+
+            await svc._plan(svc.escalator.on_event(event(1), T0))
+            assert [(c.alarm_id, c.step, c.attempts) for c in svc._take_handed()] == [(1, "immediate", 1)]
+            assert await rows() == [(1, "immediate", "sending", 1)]
+            await svc._plan(svc.escalator.on_tick(T0 + timedelta(minutes=10)))  # written at T0, due later
+            assert not svc._take_handed()
+            assert (await rows())[1:] == [(1, "repeat-1", "pending", 0)]
+            svc._sending = IN_FLIGHT  # the sender is full: the plan is written, nothing claimed
+            await svc._plan(svc.escalator.on_event(event(2), T0))
+            assert not svc._take_handed()
+            assert (2, "immediate", "pending", 0) in await rows()
+            svc._sending = 0
+            assert [(c.alarm_id, c.step) for c in await svc.claim(T0) if c.channel == "sms"] == [(2, "immediate")]
+
+    try:
+        asyncio.run(go())
+    finally:
+        sms.close()
+        hook.close()
+
+
 def test_a_new_alarms_first_notice_is_claimed_before_a_wave_of_reminders(db_url: str) -> None:
     """150 open red alarms remind at once; a new alarm raised then is told first, not after 300 SMS."""
     sms, hook = VendorServer(sms_gateway), VendorServer(hook_ok)

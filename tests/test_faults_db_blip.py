@@ -68,7 +68,7 @@ def arm(h: ServiceHandle, stage: str, cut: Callable[[], None], after: bool = Fal
         return {
             "ingest-writer": (h.ingest, "_write"),
             "rules-commit": (h.rules, "_store"),
-            "alerting-plan": (h.alerting.pg, "enqueue"),
+            "alerting-plan": (h.alerting.pg, "enqueue_and_claim"),  # a first notice: planned and claimed in one write
             "alerting-flood-summaries": (h.alerting.pg, "fold_held"),
             "alerting-outbox-claim": (h.alerting.pg, "claim"),
             "alerting-attempt-record": (h.alerting.pg, "record"),
@@ -257,10 +257,10 @@ def test_an_attempt_recorded_again_from_the_journal_is_one_row(make_database) ->
 def test_an_alarm_is_told_while_the_database_stays_away(  # type: ignore[no-untyped-def]
         when: str, make_database, mqtt_url: str, topic_prefix: str, stand_ins: StandIns) -> None:
     """The database goes away — at alerting's first pass, before any alarm; just after the alarm's first
-    message was planned into the outbox table, before it was claimed; just after a failed attempt was
-    recorded there, before its retry; or as that failed attempt is being recorded — and stays away:
-    the alarm's immediate SMS still reaches the gateway, from the local journal, and once the database
-    is back it is recorded there once."""
+    message was planned into the outbox table (and claimed by the same write), before it was sent;
+    just after a failed attempt was recorded there, before its retry; or as that failed attempt is
+    being recorded — and stays away: the alarm's immediate SMS still reaches the gateway, from the
+    local journal, and once the database is back it is recorded there once."""
     sms = stand_ins.sms
     clock = FakeClock(T0)
     ms = int(T0.timestamp() * 1000)
