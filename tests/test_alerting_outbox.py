@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
 from alerting.channels.sms_http import HttpSms
 from alerting.channels.webhook import Webhook
@@ -20,7 +22,9 @@ from alerting.service import FLOOD_SUMMARY_EVERY, AlertingService
 from park.clock import FakeClock
 from park.db import migrate, open_pool
 from park.db.registry import sync_registry
+from park.model import Park
 from park.settings import EnvSettings, load_settings
+from park.site import Site
 from park.sitefile import parse_site
 from park.types import AlarmEvent, AlarmEventKind, Severity
 from tests.alerting_helpers import VendorServer, sms_gateway
@@ -55,6 +59,18 @@ def event(alarm_id: int, sev: Severity = Severity.ORANGE, flood: bool = False) -
                       flood=flood)
 
 
+async def prepared(pool: AsyncConnectionPool, site: Site, ids: Iterable[int], severity: str = "orange") -> Park:
+    """A migrated database holding the site's registry and open alarms ``ids`` of E1 (raised at T0)."""
+    async with pool.connection() as conn:
+        await migrate(conn)
+        park = await sync_registry(conn, site)
+        for i in ids:
+            await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
+                               " raised_at) VALUES (%s, %s, 'E1', 'high', %s, 'active_unacked', %s)",
+                               (i, f"k{i}", severity, T0))
+        return park
+
+
 def hook_ok(method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes,
             fault: str | None) -> tuple[int, Any, dict[str, str]]:
     return 200, {"ok": True}, {}
@@ -66,11 +82,7 @@ def test_retry_with_backoff_then_fall_back_to_the_next_channel(db_url: str) -> N
 
     async def go() -> None:
         async with open_pool(db_url, min_size=1, max_size=3) as pool:
-            async with pool.connection() as conn:
-                await migrate(conn)
-                park = await sync_registry(conn, site)
-                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
-                                   " raised_at) VALUES (1, 'k', 'E1', 'high', 'orange', 'active_unacked', %s)", (T0,))
+            park = await prepared(pool, site, range(1, 2))
             plans = Escalator(park).on_event(event(1))
             renderer, signer = Renderer(park), LinkSigner(b"0123456789abcdef")
             async with pool.connection() as conn, conn.transaction():
@@ -128,13 +140,7 @@ def test_flood_folds_messages_into_one_summary_per_unit_but_never_holds_red(db_u
 
     async def go() -> None:
         async with open_pool(db_url, min_size=1, max_size=3) as pool:
-            async with pool.connection() as conn:
-                await migrate(conn)
-                park = await sync_registry(conn, site)
-                for i in range(1, 8):
-                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
-                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'orange', 'active_unacked', %s)",
-                                       (i, f"k{i}", T0))
+            park = await prepared(pool, site, range(1, 8))
             settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
             svc = AlertingService(settings=settings, park=park, pool=pool, clock=clock, inbox=asyncio.Queue(),
                                   registry=CollectorRegistry(), channels={})
@@ -207,11 +213,7 @@ def test_an_acknowledged_alarm_gets_no_later_step_even_from_an_escalator_that_ha
 
     async def go() -> None:
         async with open_pool(db_url, min_size=1, max_size=3) as pool:
-            async with pool.connection() as conn:
-                await migrate(conn)
-                park = await sync_registry(conn, site)
-                await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
-                                   " raised_at) VALUES (1, 'k', 'E1', 'high', 'orange', 'active_unacked', %s)", (T0,))
+            park = await prepared(pool, site, range(1, 2))
             settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
             svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
                                   registry=CollectorRegistry(), channels={})
@@ -248,13 +250,7 @@ def test_a_first_notice_is_claimed_by_the_write_that_plans_it_while_the_sender_h
 
     async def go() -> None:
         async with open_pool(db_url, min_size=1, max_size=3) as pool:
-            async with pool.connection() as conn:
-                await migrate(conn)
-                park = await sync_registry(conn, site)
-                for i in (1, 2):
-                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
-                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'orange', 'active_unacked', %s)",
-                                       (i, f"k{i}", T0))
+            park = await prepared(pool, site, (1, 2))
             settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
             svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
                                   registry=CollectorRegistry(), channels={})
@@ -292,13 +288,7 @@ def test_a_new_alarms_first_notice_is_claimed_before_a_wave_of_reminders(db_url:
 
     async def go() -> None:
         async with open_pool(db_url, min_size=1, max_size=3) as pool:
-            async with pool.connection() as conn:
-                await migrate(conn)
-                park = await sync_registry(conn, site)
-                for i in range(1, 152):
-                    await conn.execute("INSERT INTO alarms (id, dedup_key, enterprise_code, rule, severity, state,"
-                                       " raised_at) VALUES (%s, %s, 'E1', 'high', 'red', 'active_unacked', %s)",
-                                       (i, f"k{i}", T0))
+            park = await prepared(pool, site, range(1, 152), "red")
             settings = load_settings(site, EnvSettings(database_url=db_url, public_url="http://hw"))
             svc = AlertingService(settings=settings, park=park, pool=pool, clock=FakeClock(T0), inbox=asyncio.Queue(),
                                   registry=CollectorRegistry(), channels={})
